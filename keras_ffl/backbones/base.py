@@ -1,0 +1,87 @@
+"""What every backbone shares: PyTorch-equivalent initialisers and the trunk/head split.
+
+A backbone knows nothing of distillation.  It builds three kinds of functional model:
+
+* ``build_network``: the whole network, image -> [logits, last feature map];
+* ``build_trunk``: the part that branches share (stem and early stages), image -> features;
+* ``build_head``: the duplicable last part, trunk features -> [logits, last feature map].
+
+Every layer gets a deterministic name so that weights saved in one process load in
+another regardless of how many layers were created before.
+"""
+
+import math
+
+import keras
+from keras import layers
+
+
+def conv_initializer():
+    """He-normal, fan_out, untruncated: ``nn.init.kaiming_normal_(mode='fan_out')``."""
+    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+
+
+def conv(filters, kernel_size, strides=1, name=None):
+    return layers.Conv2D(
+        filters,
+        kernel_size,
+        strides=strides,
+        padding="same",
+        use_bias=False,
+        kernel_initializer=conv_initializer(),
+        name=name,
+    )
+
+
+def batch_norm(name, sync=False):
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync, name=name)
+
+
+def dense_classifier(num_classes, fan_in, name, zero_bias=False):
+    """``nn.Linear``'s default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+    bound = 1.0 / math.sqrt(fan_in)
+    bias_init = "zeros" if zero_bias else keras.initializers.RandomUniform(-bound, bound)
+    return layers.Dense(
+        num_classes,
+        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
+        bias_initializer=bias_init,
+        name=name,
+    )
+
+
+class Backbone:
+    """Base class: subclasses implement ``trunk_layers`` and ``head_layers``."""
+
+    #: Spatial down-sampling factor of the last feature map relative to the input.
+    name = "backbone"
+
+    def __init__(self, sync_bn=False):
+        self.sync_bn = sync_bn
+
+    def bn(self, name):
+        return batch_norm(name, self.sync_bn)
+
+    def trunk_layers(self, x):
+        raise NotImplementedError
+
+    def head_layers(self, x, num_classes):
+        """Returns ``(logits, feature_map)``."""
+        raise NotImplementedError
+
+    def build_network(self, input_shape, num_classes, name):
+        inputs = keras.Input(shape=input_shape, name="images")
+        logits, features = self.head_layers(self.trunk_layers(inputs), num_classes)
+        return keras.Model(inputs, [logits, features], name=name)
+
+    def build_trunk(self, input_shape, name="trunk"):
+        inputs = keras.Input(shape=input_shape, name="images")
+        return keras.Model(inputs, self.trunk_layers(inputs), name=name)
+
+    def build_head(self, trunk_output_shape, num_classes, name):
+        inputs = keras.Input(shape=trunk_output_shape, name="trunk_features")
+        logits, features = self.head_layers(inputs, num_classes)
+        return keras.Model(inputs, [logits, features], name=name)
+
+    def get_config(self):
+        return {"name": self.name, "sync_bn": self.sync_bn}

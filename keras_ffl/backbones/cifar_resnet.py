@@ -1,0 +1,57 @@
+"""CIFAR ResNet-(6n+2) with post-activation BasicBlocks, as in the FFL and ONE code.
+
+Stem conv3x3 -> 16 + BN + ReLU; three stages of n blocks with 16/32/64 channels and
+strides 1/2/2; 1x1 conv + BN projection when the shape changes; global average pool;
+dense head.  BasicBlock at every depth: ONE's code switches to Bottleneck for depth
+>= 44, which is deliberately not copied.
+
+Shared-trunk split: stem and stages 1-2 are the trunk, stage 3 plus the head is a branch.
+"""
+
+from keras import layers
+
+from keras_ffl.backbones.base import Backbone, conv, dense_classifier
+
+
+class CifarResNet(Backbone):
+    def __init__(self, depth, sync_bn=False):
+        super().__init__(sync_bn)
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110...), got {depth}")
+        self.depth = depth
+        self.blocks_per_stage = (depth - 2) // 6
+        self.name = f"resnet{depth}"
+
+    def _block(self, x, filters, strides, prefix):
+        shortcut = x
+        y = conv(filters, 3, strides, name=f"{prefix}_conv1")(x)
+        y = self.bn(f"{prefix}_bn1")(y)
+        y = layers.ReLU(name=f"{prefix}_relu1")(y)
+        y = conv(filters, 3, 1, name=f"{prefix}_conv2")(y)
+        y = self.bn(f"{prefix}_bn2")(y)
+        if strides != 1 or x.shape[-1] != filters:
+            shortcut = conv(filters, 1, strides, name=f"{prefix}_proj_conv")(x)
+            shortcut = self.bn(f"{prefix}_proj_bn")(shortcut)
+        y = layers.Add(name=f"{prefix}_add")([y, shortcut])
+        return layers.ReLU(name=f"{prefix}_out")(y)
+
+    def _stage(self, x, index, filters, strides):
+        for b in range(self.blocks_per_stage):
+            x = self._block(x, filters, strides if b == 0 else 1, f"stage{index}_block{b}")
+        return x
+
+    def trunk_layers(self, x):
+        x = conv(16, 3, 1, name="stem_conv")(x)
+        x = self.bn("stem_bn")(x)
+        x = layers.ReLU(name="stem_relu")(x)
+        x = self._stage(x, 1, 16, 1)
+        return self._stage(x, 2, 32, 2)
+
+    def head_layers(self, x, num_classes):
+        features = self._stage(x, 3, 64, 2)
+        pooled = layers.GlobalAveragePooling2D(name="pool")(features)
+        logits = dense_classifier(num_classes, features.shape[-1], name="classifier")(pooled)
+        return logits, features
+
+    def get_config(self):
+        return {**super().get_config(), "depth": self.depth}

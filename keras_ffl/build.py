@@ -1,0 +1,72 @@
+"""``build(config)``: the one way a model, its optimiser and its data come from a Config.
+
+train, evaluate, and the later zoo, export and bench entry points all go through here.
+Call inside ``strategy.scope()`` when distributing.
+"""
+
+import keras
+import numpy as np
+
+from keras_ffl.backbones import get_backbone
+from keras_ffl.data import load_data
+from keras_ffl.methods import METHODS
+
+
+def build_subnetworks(config, num_classes, image_shape):
+    """Returns ``(trunk or None, [branch models])`` for a validated Config."""
+    names = config.branch_backbones
+    if config.topology == "shared":
+        backbone = get_backbone(names[0], sync_bn=config.sync_bn)
+        trunk = backbone.build_trunk(image_shape, name="trunk")
+        trunk_shape = tuple(trunk.output.shape[1:])
+        branches = [backbone.build_head(trunk_shape, num_classes, name=f"net{k}") for k in range(len(names))]
+        return trunk, branches
+    branches = [
+        get_backbone(name, sync_bn=config.sync_bn).build_network(image_shape, num_classes, name=f"net{k}")
+        for k, name in enumerate(names)
+    ]
+    return None, branches
+
+
+def build_model(config, num_classes, image_shape):
+    """Builds (and calls once, so every variable exists) the method model of a Config."""
+    cls, options = METHODS[config.method]
+    trunk, branches = build_subnetworks(config, num_classes, image_shape)
+    model = cls(
+        branches,
+        num_classes,
+        trunk=trunk,
+        temperature=config.temperature,
+        rampup_epochs=config.rampup_epochs,
+        weight_decay=config.weight_decay,
+        name=config.method,
+        **options(config),
+    )
+    model(np.zeros((1, *image_shape), dtype="float32"))
+    return model
+
+
+def build_optimizer(config, steps_per_epoch):
+    """SGD with the step schedule expressed in iterations, so a restored optimiser resumes it."""
+    boundaries = [m * steps_per_epoch for m in config.lr_milestones]
+    values = [config.lr * config.lr_gamma**i for i in range(len(boundaries) + 1)]
+    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else config.lr
+    return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
+
+
+def compile_model(model, config, steps_per_epoch):
+    """Compiles and builds the optimiser now: restored checkpoints and MirroredStrategy both
+    need its variables to exist before ``fit``."""
+    optimizer = build_optimizer(config, steps_per_epoch)
+    jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
+    model.compile(optimizer=optimizer, jit_compile=jit)
+    optimizer.build(model.trainable_variables)
+    return model
+
+
+def build(config, splits=("train", "test")):
+    """Data plus compiled model for a validated Config: ``(model, data)``."""
+    data = load_data(config, splits)
+    model = build_model(config, data.num_classes, data.image_shape)
+    compile_model(model, config, max(data.steps_per_epoch, 1))
+    return model, data

@@ -1,0 +1,313 @@
+"""The one configuration path: flags -> ``Config`` (frozen, validated once) -> model_dir/config.json.
+
+Every entry point (train, evaluate, and later zoo, export, bench) builds from a
+``Config``; a trained run is its model_dir, whose config.json plus weights rebuild it.
+Flag definitions are generated from the dataclass fields, so a setting exists in exactly
+one place.
+"""
+
+import dataclasses
+import json
+import os
+
+from absl import flags
+
+from keras_ffl import specs
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; its message is one line meant for the user."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    # What to train.
+    method: str = "ffl"
+    backbones: tuple = ("resnet32",)
+    num_branches: int = 0
+    topology: str = "auto"
+    # Data.
+    dataset: str = "fashion_mnist"
+    data_dir: str = ""
+    download: bool = True
+    train_examples: int = 0
+    test_examples: int = 0
+    augment: bool = True
+    # Schedule and optimiser (FFL code defaults).
+    epochs: int = 300
+    steps_per_epoch: int = 0
+    validation_freq: int = 1
+    batch_size: int = 128
+    eval_batch_size: int = 100
+    lr: float = 0.1
+    lr_milestones: tuple = (150, 225)
+    lr_gamma: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4
+    # Distillation.
+    temperature: float = 3.0
+    rampup_epochs: int = 80
+    # FFL.
+    fusion: str = "module"
+    fusion_channels: int = 0
+    fusion_weight_decay: float = 1e-5
+    ensemble_kd: bool = True
+    fusion_kd: bool = True
+    # Run.
+    seed: int = 0
+    model_dir: str = ""
+    strategy: str = "default"
+    cpu_devices: int = 0
+    sync_bn: bool = False
+    mixed_precision: str = "none"
+    jit_compile: str = "auto"
+    verbose: int = 1
+
+    # ------------------------------------------------------------- derived values
+    @property
+    def branch_backbones(self):
+        """One backbone name per sub-network (call on a validated config)."""
+        return list(self.backbones) * self.num_branches if len(self.backbones) == 1 else list(self.backbones)
+
+    @property
+    def dataset_spec(self):
+        return specs.DATASETS[self.dataset]
+
+    @property
+    def resolved_data_dir(self):
+        return self.data_dir or self.dataset_spec.default_data_dir
+
+    # ----------------------------------------------------------------- validation
+    def validated(self, check_data=True):
+        """Returns a copy with ``auto`` values resolved; raises ConfigError on any problem."""
+        c = self
+        if c.method not in specs.METHODS:
+            raise ConfigError(f"unknown --method '{c.method}': choose from {', '.join(sorted(specs.METHODS))}")
+        method = specs.METHODS[c.method]
+        if not c.backbones:
+            raise ConfigError("--backbones is empty: give one backbone (copied per branch) or one per sub-network")
+        try:
+            canonical = tuple(specs.parse_backbone(b).name for b in c.backbones)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if len(canonical) > 1:
+            if c.num_branches not in (0, len(canonical)):
+                raise ConfigError(
+                    f"--num_branches={c.num_branches} but --backbones lists {len(canonical)} networks: "
+                    "give one backbone per sub-network, or one backbone and --num_branches"
+                )
+            num_branches = len(canonical)
+        else:
+            num_branches = c.num_branches or 2
+        if num_branches < method.min_branches:
+            raise ConfigError(f"--method={c.method} needs at least {method.min_branches} sub-networks, got {num_branches}")
+        homogeneous = len(set(canonical)) == 1
+        topology = c.topology
+        if topology == "auto":
+            topology = "shared" if homogeneous and "shared" in method.topologies else "independent"
+        if topology not in method.topologies:
+            raise ConfigError(f"--method={c.method} does not support --topology={topology}")
+        if topology == "shared" and not homogeneous:
+            raise ConfigError(
+                f"--topology=shared needs one architecture, got {', '.join(canonical)}: use --topology=independent"
+            )
+        if method.same_architecture and not homogeneous:
+            raise ConfigError(f"--method={c.method} needs the same architecture for every branch")
+        if c.dataset not in specs.DATASETS:
+            raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}")
+        positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
+        for name, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"--{name} must be positive, got {value}")
+        for name in ("train_examples", "test_examples", "steps_per_epoch", "validation_freq", "rampup_epochs", "fusion_channels"):
+            if getattr(c, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(c, name)}")
+        if c.lr <= 0 or c.temperature <= 0:
+            raise ConfigError("--lr and --temperature must be positive")
+        if c.weight_decay < 0 or c.fusion_weight_decay < 0:
+            raise ConfigError("weight decays must be >= 0")
+        if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m <= 0 for m in c.lr_milestones):
+            raise ConfigError(f"--lr_milestones must be increasing positive epochs, got {list(c.lr_milestones)}")
+        if c.fusion == "average":
+            channels = {specs.parse_backbone(b).feature_channels for b in canonical}
+            if len(channels) > 1:
+                raise ConfigError(
+                    f"--fusion=average needs equal feature channels, got {sorted(channels)}: use --fusion=module"
+                )
+        if c.strategy == "default" and c.cpu_devices > 1:
+            raise ConfigError("--cpu_devices splits the CPU for --strategy=mirrored; it does nothing with default")
+        data_dir = c.data_dir
+        if check_data:
+            check_data_dir(c.dataset, data_dir or specs.DATASETS[c.dataset].default_data_dir)
+        model_dir = c.model_dir or os.path.join("runs", f"{c.method}_{'-'.join(canonical)}_{c.dataset}")
+        return dataclasses.replace(
+            c,
+            backbones=canonical,
+            num_branches=num_branches,
+            topology=topology,
+            lr_milestones=tuple(int(m) for m in c.lr_milestones),
+            model_dir=model_dir,
+        )
+
+    # -------------------------------------------------------------- (de)serialise
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data):
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**values)
+
+    def save(self, path):
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        try:
+            with open(path) as f:
+                return cls.from_dict(json.load(f))
+        except FileNotFoundError:
+            raise ConfigError(f"no config.json in {os.path.dirname(path) or '.'}: is it a keras_ffl model_dir?") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON ({e})") from None
+
+    def differences(self, other, ignore=("verbose", "download")):
+        return [
+            f.name
+            for f in dataclasses.fields(self)
+            if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
+        ]
+
+
+def check_data_dir(dataset, data_dir):
+    spec = specs.DATASETS[dataset]
+    if spec.source == "idx":
+        if not os.path.isdir(data_dir):
+            raise ConfigError(
+                f"Fashion-MNIST directory {data_dir} does not exist: "
+                "run 'apt-get install dataset-fashion-mnist' or pass --data_dir"
+            )
+        missing = [f for f in specs.FASHION_MNIST_FILES if not os.path.isfile(os.path.join(data_dir, f))]
+        if missing:
+            raise ConfigError(
+                f"Fashion-MNIST files missing in {data_dir}: {', '.join(missing)} "
+                "(apt-get install dataset-fashion-mnist, or pass --data_dir)"
+            )
+    elif spec.source == "tfds" and data_dir and not os.path.isdir(data_dir):
+        raise ConfigError(f"--data_dir {data_dir} does not exist")
+
+
+def atomic_write_text(path, text):
+    """Write through a temporary file and rename, so a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------------ flags
+_ENUMS = {
+    "method": tuple(specs.METHODS),
+    "topology": ("auto", "shared", "independent"),
+    "dataset": tuple(specs.DATASETS),
+    "fusion": ("module", "average"),
+    "strategy": ("default", "mirrored", "multi_worker"),
+    "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
+    "jit_compile": ("auto", "true", "false"),
+}
+
+_HELP = {
+    "method": "Online distillation method.",
+    "backbones": "One backbone (copied for every branch) or one per sub-network, e.g. resnet32,wrn16_2. "
+    + specs.BACKBONE_FORMS,
+    "num_branches": "Number of sub-networks K (>= 2) when a single backbone is given (0 = 2, or one per listed backbone).",
+    "topology": "shared: one trunk, last stage duplicated per branch (case 1); independent: separate "
+    "networks (case 2); auto: shared when every branch has the same architecture.",
+    "dataset": "Dataset name.",
+    "data_dir": f"Data location: the IDX folder for fashion_mnist (default {specs.FASHION_MNIST_DIR}), "
+    "the tfds data_dir for cifar10/cifar100.",
+    "download": "Let tfds download CIFAR when it is not prepared in data_dir.",
+    "train_examples": "Use only the first N training examples (0 = all).",
+    "test_examples": "Use only the first N test examples (0 = all).",
+    "augment": "Reflect-pad 4, random crop and horizontal flip on training images.",
+    "epochs": "Training epochs.",
+    "steps_per_epoch": "Cap on steps per epoch (0 = one full pass over the training set).",
+    "validation_freq": "Evaluate on the test split every N epochs during training (0 = only at the end).",
+    "batch_size": "Global training batch size (split across replicas).",
+    "eval_batch_size": "Global evaluation batch size.",
+    "lr": "Initial SGD learning rate.",
+    "lr_milestones": "Epochs at which the learning rate is multiplied by --lr_gamma.",
+    "lr_gamma": "Learning-rate decay factor at each milestone.",
+    "momentum": "SGD momentum.",
+    "nesterov": "Nesterov momentum (FFL code: on).",
+    "weight_decay": "PyTorch-style L2 on every network weight, BN and biases included.",
+    "temperature": "Distillation temperature T.",
+    "rampup_epochs": "Epochs L of the exp(-5(1-e/L)^2) ramp-up of every KL term (0 = no ramp-up).",
+    "fusion": "FFL fusion: the paper's module, or feature averaging (ablation case B).",
+    "fusion_channels": "FFL fusion module output channels N (0 = smallest sub-network channel count).",
+    "fusion_weight_decay": "L2 weight decay of the FFL fusion module.",
+    "ensemble_kd": "FFL ensemble KD term kl(fused <- ensemble) (off = ablation case C).",
+    "fusion_kd": "FFL fusion KD terms kl(net_k <- fused) (off together with ensemble_kd = case D).",
+    "seed": "Random seed for weights, shuffling and augmentation.",
+    "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
+    "strategy": "tf.distribute strategy.",
+    "cpu_devices": "Split the CPU into N logical devices (MirroredStrategy on a machine without GPUs).",
+    "sync_bn": "Synchronise BatchNorm statistics across replicas.",
+    "mixed_precision": "Keras mixed-precision policy.",
+    "jit_compile": "XLA compilation of the train step (auto: on when a GPU is present).",
+    "verbose": "Keras fit verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
+}
+
+
+def define_flags(flag_values):
+    """Defines one flag per Config field on ``flag_values`` (a ``flags.FlagValues``)."""
+    defaults = Config()
+    for field in dataclasses.fields(Config):
+        name, default, help_ = field.name, getattr(defaults, field.name), _HELP[field.name]
+        if name in _ENUMS:
+            flags.DEFINE_enum(name, default, _ENUMS[name], help_, flag_values=flag_values)
+        elif isinstance(default, bool):
+            flags.DEFINE_bool(name, default, help_, flag_values=flag_values)
+        elif isinstance(default, int):
+            flags.DEFINE_integer(name, default, help_, flag_values=flag_values)
+        elif isinstance(default, float):
+            flags.DEFINE_float(name, default, help_, flag_values=flag_values)
+        elif isinstance(default, tuple):
+            flags.DEFINE_list(name, [str(v) for v in default], help_, flag_values=flag_values)
+        else:
+            flags.DEFINE_string(name, default, help_, flag_values=flag_values)
+
+
+def config_from_flags(flag_values):
+    values = {}
+    for field in dataclasses.fields(Config):
+        value = flag_values[field.name].value
+        if field.name == "lr_milestones":
+            try:
+                value = tuple(int(v) for v in value)
+            except ValueError:
+                raise ConfigError(f"--lr_milestones must be integers, got {','.join(value)}") from None
+        elif isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    return Config(**values)
+
+
+def parse_argv(argv, define=define_flags):
+    """Parses ``argv`` (program name first) into a FlagValues; raises ConfigError on bad flags."""
+    flag_values = flags.FlagValues()
+    define(flag_values)
+    try:
+        flag_values(list(argv))
+    except flags.Error as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return flag_values

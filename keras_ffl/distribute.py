@@ -1,0 +1,40 @@
+"""Devices, tf.distribute strategies and precision policies, set up once per process."""
+
+import os
+
+import tensorflow as tf
+
+
+def configure_devices(cpu_devices):
+    """Splits the CPU into ``cpu_devices`` logical devices; must run before TF initialises."""
+    if cpu_devices > 1:
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        current = tf.config.get_logical_device_configuration(cpu)
+        if current and len(current) == cpu_devices:
+            return
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
+
+
+def make_strategy(name, cpu_devices=0):
+    if name == "mirrored":
+        if cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_chief(strategy):
+    """Whether this process writes checkpoints, logs and reports (one writer per cluster)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def quiet_tensorflow():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

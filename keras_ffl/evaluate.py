@@ -1,0 +1,82 @@
+"""Evaluate a finished or interrupted run and print its table.
+
+    python -m keras_ffl.evaluate --model_dir=runs/quickstart
+
+The model is rebuilt from model_dir/config.json through the same ``build`` as training,
+then the final weights (or the last per-epoch checkpoint) are loaded.
+"""
+
+import dataclasses
+import json
+import sys
+
+from absl import flags
+
+from keras_ffl import run_dir
+from keras_ffl.config import Config, ConfigError, parse_argv
+from keras_ffl.distribute import quiet_tensorflow
+
+
+def define_flags(flag_values):
+    flags.DEFINE_string("model_dir", None, "Run directory written by keras_ffl.train.", flag_values=flag_values)
+    flags.DEFINE_string("weights", "", "Weights file (default: the run's final weights, else last checkpoint).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("data_dir", "", "Override the run's data location.", flag_values=flag_values)
+    flags.DEFINE_integer("test_examples", -1, "Override the number of test examples (0 = all, -1 = as trained).",
+                         flag_values=flag_values)
+    flags.DEFINE_string("output", "", "Also write the results as JSON here.", flag_values=flag_values)
+
+
+def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
+    """Returns ``(rows, config, test_size)``."""
+    from keras_ffl.build import build_model
+    from keras_ffl.data import load_data
+    from keras_ffl.report import summarize
+
+    config = Config.load(run_dir.path(model_dir, run_dir.CONFIG))
+    overrides = {"strategy": "default", "cpu_devices": 0, "sync_bn": False, "model_dir": model_dir}
+    if data_dir:
+        overrides["data_dir"] = data_dir
+    if test_examples >= 0:
+        overrides["test_examples"] = test_examples
+    config = dataclasses.replace(config, **overrides).validated()
+    weights = weights or run_dir.find_weights(model_dir)
+    data = load_data(config, splits=("test",))
+    model = build_model(config, data.num_classes, data.image_shape)
+    model.compile()
+    try:
+        model.load_weights(weights, skip_mismatch=False)
+    except Exception as e:  # h5py/keras raise several types for corrupt or foreign files
+        raise ConfigError(f"cannot load weights {weights}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    metrics = model.evaluate(data.test, return_dict=True, verbose=0)
+    return summarize(metrics, model.part_names), config, data.test_size
+
+
+def main(argv=None):
+    argv = sys.argv if argv is None else argv
+    quiet_tensorflow()
+    try:
+        fv = parse_argv(argv, define=define_flags)
+        if not fv.model_dir:
+            raise ConfigError("--model_dir is required")
+        from keras_ffl.data import DataError
+        from keras_ffl.report import format_table
+
+        rows, config, test_size = evaluate(fv.model_dir, fv.weights, fv.data_dir, fv.test_examples)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_table(rows, f"{config.method.upper()} {'/'.join(config.backbones)} on {config.dataset} "
+                             f"({test_size} test images)"))
+    if fv.output:
+        from keras_ffl.report import write_report
+
+        write_report(fv.output, {"results": rows, "test_examples": test_size, "model_dir": fv.model_dir})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+from keras_ffl.layers.fusion import FUSION_MODES, FusionModule, SpatialAdapter  # noqa: F401

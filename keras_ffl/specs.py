@@ -1,0 +1,87 @@
+"""Names the command line accepts, checked without importing TensorFlow.
+
+Validation runs before any heavy import so that a bad flag costs a fraction of a second
+and prints one line.  The builders in ``backbones/``, ``methods/`` and ``data/`` resolve
+the same names.
+"""
+
+import dataclasses
+import re
+
+BACKBONE_FORMS = (
+    "resnet<6n+2> (e.g. resnet8, resnet20, resnet32, resnet56, resnet110) "
+    "or wrn<6n+4>_<k> (e.g. wrn16_2, wrn28_10)"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneSpec:
+    family: str  # "resnet" or "wrn"
+    depth: int
+    width: int = 1
+
+    @property
+    def name(self):
+        return f"resnet{self.depth}" if self.family == "resnet" else f"wrn{self.depth}_{self.width}"
+
+    @property
+    def feature_channels(self):
+        """Channels of the last feature map (what the fusion module concatenates)."""
+        return 64 * self.width
+
+
+def parse_backbone(name):
+    """``"resnet32"`` -> BackboneSpec; raises ValueError naming the accepted forms."""
+    text = name.strip().lower()
+    match = re.fullmatch(r"resnet(\d+)", text)
+    if match:
+        depth = int(match[1])
+        if depth >= 8 and (depth - 2) % 6 == 0:
+            return BackboneSpec("resnet", depth)
+        raise ValueError(f"backbone '{name}': CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, 110...)")
+    match = re.fullmatch(r"wrn(\d+)[_-](\d+)", text)
+    if match:
+        depth, width = int(match[1]), int(match[2])
+        if depth >= 10 and (depth - 4) % 6 == 0 and width >= 1:
+            return BackboneSpec("wrn", depth, width)
+        raise ValueError(f"backbone '{name}': WRN depth must be 6n+4 (10, 16, 22, 28, 40...) and width >= 1")
+    raise ValueError(f"unknown backbone '{name}': expected {BACKBONE_FORMS}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    topologies: tuple  # which sub-network layouts the method supports
+    min_branches: int = 2
+    same_architecture: bool = False
+
+
+METHODS = {
+    "ffl": MethodSpec(topologies=("shared", "independent")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+    num_classes: int
+    image_shape: tuple
+    train_size: int
+    test_size: int
+    source: str  # "idx", "tfds" or "generated"
+    default_data_dir: str = ""
+
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+DATASETS = {
+    "fashion_mnist": DatasetSpec(10, (28, 28, 1), 60000, 10000, "idx", FASHION_MNIST_DIR),
+    "cifar10": DatasetSpec(10, (32, 32, 3), 50000, 10000, "tfds"),
+    "cifar100": DatasetSpec(100, (32, 32, 3), 50000, 10000, "tfds"),
+    "synthetic": DatasetSpec(10, (32, 32, 3), 0, 0, "generated"),
+}
+
+FASHION_MNIST_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
