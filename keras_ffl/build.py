@@ -6,23 +6,31 @@ Call inside ``strategy.scope()`` when distributing.
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from keras_ffl.backbones import get_backbone
 from keras_ffl.data import load_data
 from keras_ffl.methods import METHODS
 
 
+def use_sync_bn(config):
+    """Synchronised BN only where there is something to synchronise: Keras's synchronised
+    path on a single replica computes a slightly different gradient from plain BN."""
+    return config.sync_bn and tf.distribute.get_strategy().num_replicas_in_sync > 1
+
+
 def build_subnetworks(config, num_classes, image_shape):
     """Returns ``(trunk or None, [branch models])`` for a validated Config."""
     names = config.branch_backbones
+    sync_bn = use_sync_bn(config)
     if config.topology == "shared":
-        backbone = get_backbone(names[0], sync_bn=config.sync_bn)
+        backbone = get_backbone(names[0], sync_bn=sync_bn)
         trunk = backbone.build_trunk(image_shape, name="trunk")
         trunk_shape = tuple(trunk.output.shape[1:])
         branches = [backbone.build_head(trunk_shape, num_classes, name=f"net{k}") for k in range(len(names))]
         return trunk, branches
     branches = [
-        get_backbone(name, sync_bn=config.sync_bn).build_network(image_shape, num_classes, name=f"net{k}")
+        get_backbone(name, sync_bn=sync_bn).build_network(image_shape, num_classes, name=f"net{k}")
         for k, name in enumerate(names)
     ]
     return None, branches

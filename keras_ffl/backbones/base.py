@@ -34,7 +34,10 @@ def conv(filters, kernel_size, strides=1, name=None):
 
 
 def batch_norm(name, sync=False):
-    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5)."""
+    """BatchNorm with PyTorch's defaults (momentum 0.1 there is 0.9 here, eps 1e-5).
+
+    ``sync=True`` computes statistics over the global batch across replicas.
+    """
     return layers.BatchNormalization(momentum=0.9, epsilon=1e-5, synchronized=sync, name=name)
 
 

@@ -150,8 +150,7 @@ class OnlineDistiller(keras.Model):
 
     def apply_loss(self, tape, loss, optimizer, variables):
         """Scale (mixed precision), differentiate and apply on ``variables``."""
-        grads = tape.gradient(optimizer.scale_loss(loss), variables)
-        optimizer.apply(grads, variables)
+        optimizer.apply(tape.gradient(optimizer.scale_loss(loss), variables), variables)
 
     # --------------------------------------------------------------------- metrics
     @property

@@ -84,11 +84,13 @@ class FFL(OnlineDistiller):
 
 def ffl_options(config):
     """FFL's keyword arguments from a ``Config``."""
+    from keras_ffl.build import use_sync_bn
+
     return dict(
         fusion_channels=config.fusion_channels or None,
         fusion=config.fusion,
         fusion_weight_decay=config.fusion_weight_decay,
         ensemble_kd=config.ensemble_kd,
         fusion_kd=config.fusion_kd,
-        sync_bn=config.sync_bn,
+        sync_bn=use_sync_bn(config),
     )

@@ -1,0 +1,32 @@
+"""Test set-up: two logical CPU devices (for MirroredStrategy) before TensorFlow starts."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_state():
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    yield
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def fashion_mnist_dir():
+    if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
+        pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (the README's setup does it)")
+    return FASHION_MNIST_DIR

@@ -1,0 +1,35 @@
+"""Small builders shared by the tests."""
+
+import dataclasses
+
+import numpy as np
+
+from keras_ffl.config import Config
+
+
+def tiny_config(**overrides):
+    """A validated Config on synthetic data with ResNet-8 branches: fast on 2 cores."""
+    base = dict(
+        dataset="synthetic",
+        backbones=("resnet8",),
+        num_branches=2,
+        train_examples=64,
+        test_examples=32,
+        epochs=1,
+        batch_size=16,
+        eval_batch_size=16,
+        lr_milestones=(),
+        rampup_epochs=0,
+        verbose=0,
+    )
+    base.update(overrides)
+    return Config(**base).validated()
+
+
+def replace(config, **changes):
+    return dataclasses.replace(config, **changes).validated()
+
+
+def random_batch(batch=8, shape=(32, 32, 3), classes=10, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(batch, *shape)).astype("float32"), rng.integers(0, classes, batch).astype("int64")

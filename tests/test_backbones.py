@@ -1,0 +1,59 @@
+"""Backbones: parameter counts from the literature, shapes, and the trunk/branch split."""
+
+import numpy as np
+import pytest
+
+from keras_ffl.backbones import get_backbone
+from keras_ffl.specs import parse_backbone
+
+
+def trainable_params(model):
+    return sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+
+
+@pytest.mark.parametrize(
+    "name,millions",
+    [("resnet32", 0.47), ("wrn16_2", 0.70), ("resnet20", 0.28), ("resnet56", 0.86), ("resnet110", 1.74)],
+)
+def test_parameter_counts_match_literature_at_100_classes(name, millions):
+    model = get_backbone(name).build_network((32, 32, 3), 100, "net")
+    assert round(trainable_params(model) / 1e6, 2) == millions
+
+
+def test_wrn_28_10_parameter_count():
+    model = get_backbone("wrn28_10").build_network((32, 32, 3), 100, "net")
+    assert trainable_params(model) / 1e6 == pytest.approx(36.5, abs=0.1)
+
+
+@pytest.mark.parametrize("name,channels", [("resnet8", 64), ("wrn10_2", 128), ("wrn16_1", 64)])
+def test_outputs_logits_and_last_feature_map(name, channels):
+    model = get_backbone(name).build_network((32, 32, 3), 7, "net")
+    logits, features = model(np.zeros((2, 32, 32, 3), "float32"))
+    assert logits.shape == (2, 7)
+    assert features.shape == (2, 8, 8, channels)
+    assert parse_backbone(name).feature_channels == channels
+
+
+@pytest.mark.parametrize("name", ["resnet20", "wrn16_2"])
+def test_trunk_plus_head_equals_whole_network(name):
+    backbone = get_backbone(name)
+    whole = backbone.build_network((32, 32, 3), 10, "net")
+    trunk = backbone.build_trunk((32, 32, 3))
+    head = backbone.build_head(tuple(trunk.output.shape[1:]), 10, "net0")
+    assert trainable_params(trunk) + trainable_params(head) == trainable_params(whole)
+    assert trunk.output.shape[1:] == (16, 16, 32 * (2 if name.startswith("wrn") else 1))
+
+
+def test_conv_init_is_he_normal_fan_out():
+    model = get_backbone("resnet56").build_network((32, 32, 3), 10, "net")
+    kernel = model.get_layer("stage3_block0_conv2").kernel.numpy()  # 3x3x64x64
+    expected_std = np.sqrt(2.0 / (3 * 3 * 64))
+    assert kernel.std() == pytest.approx(expected_std, rel=0.05)
+    bn = model.get_layer("stage3_block0_bn1")
+    assert bn.momentum == 0.9 and bn.epsilon == 1e-5
+
+
+@pytest.mark.parametrize("bad", ["resnet33", "resnet", "wrn16", "wrn15_2", "vgg16", "wrn16_0"])
+def test_bad_names_are_refused(bad):
+    with pytest.raises(ValueError, match="backbone"):
+        get_backbone(bad)
