@@ -1,0 +1,131 @@
+"""The command line: bad input exits 2 with one line before any work; a synthetic run end
+to end writes its report; evaluate reproduces it; runs never overwrite each other; an
+interrupted run resumes."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+
+from conftest import REPO
+from helpers import tiny_config
+from keras_ffl import run_dir
+
+TINY = [
+    "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
+    "--batch_size=16", "--eval_batch_size=16", "--epochs=2", "--lr_milestones=1", "--rampup_epochs=1", "--verbose=2",
+]
+
+
+def run_cli(module, *args, timeout=600):
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run([sys.executable, "-m", f"keras_ffl.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--backbones=resnet33"], "unknown backbone|depth must be 6n\\+2"),
+        (["--backbones=vgg16"], "unknown backbone 'vgg16'"),
+        (["--num_branches=1"], "needs at least 2 sub-networks, got 1"),
+        (["--dataset=fashion_mnist", "--data_dir=/nonexistent/fmnist"], "apt-get install dataset-fashion-mnist"),
+        (["--no_such_flag=3"], "Unknown command line flag 'no_such_flag'"),
+        (["--backbones=resnet32,wrn16_2", "--topology=shared"], "topology=shared needs one architecture"),
+        (["--backbones=resnet32,wrn16_2", "--num_branches=3"], "--num_branches=3 but --backbones lists 2"),
+        (["--flagfile=/nonexistent.flags"], "nonexistent.flags"),
+        (["--method=nope"], "method"),
+        (["--lr_milestones=200,100"], "increasing"),
+        (["--epochs=0"], "--epochs must be positive"),
+    ],
+)
+def test_bad_flags_exit_2_with_one_line_before_any_work(tmp_path, args, message):
+    model_dir = tmp_path / "run"
+    started = time.time()
+    result = run_cli("train", f"--model_dir={model_dir}", *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert __import__("re").search(message, lines[0]), lines[0]
+    assert not model_dir.exists()
+    assert time.time() - started < 20  # rejected before TensorFlow builds anything
+
+
+def test_cli_end_to_end_then_evaluate_gives_the_same_numbers(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run_cli("train", f"--model_dir={model_dir}", *TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((model_dir / "report.json").read_text())
+    assert set(report["results"]) == {"net0", "net1", "S-avg", "ensemble", "fused"}
+    assert report["config"]["method"] == "ffl" and report["test_examples"] == 32
+    assert report["train_img_per_sec"] is None or report["train_img_per_sec"] > 0
+    for name in ("config.json", "model.weights.h5", "checkpoints/last.weights.h5", "history.csv"):
+        assert (model_dir / name).exists(), name
+    assert not (model_dir / "backup").exists()  # BackupAndRestore cleans up after a finished run
+    assert "| fused |" in result.stdout and "| S-avg |" in result.stdout
+    s_avg = report["results"]["S-avg"]["top1"]
+    assert s_avg == pytest.approx((report["results"]["net0"]["top1"] + report["results"]["net1"]["top1"]) / 2)
+
+    evaluated = run_cli("evaluate", f"--model_dir={model_dir}", f"--output={tmp_path / 'eval.json'}")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    again = json.loads((tmp_path / "eval.json").read_text())["results"]
+    for part, row in report["results"].items():
+        assert again[part]["top1"] == pytest.approx(row["top1"], abs=1e-6), part
+
+    # A finished run is never overwritten, and a different config never mixes into it.
+    before = (model_dir / "model.weights.h5").stat().st_mtime_ns
+    rerun = run_cli("train", f"--model_dir={model_dir}", *TINY)
+    assert rerun.returncode == 2 and "finished run" in rerun.stderr
+    other = run_cli("train", f"--model_dir={model_dir}", *TINY, "--lr=0.05")
+    assert other.returncode == 2 and "differs in: lr" in other.stderr
+    assert (model_dir / "model.weights.h5").stat().st_mtime_ns == before
+
+
+def test_evaluate_errors(tmp_path):
+    missing = run_cli("evaluate", f"--model_dir={tmp_path}")
+    assert missing.returncode == 2 and "no config.json" in missing.stderr
+    no_dir = run_cli("evaluate")
+    assert no_dir.returncode == 2 and "--model_dir is required" in no_dir.stderr
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 1:
+            raise KeyboardInterrupt("simulated interruption")
+
+
+def test_interrupted_run_resumes_where_it_stopped(tmp_path):
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=4, model_dir=str(tmp_path / "run"), rampup_epochs=2, lr_milestones=(2,))
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[Interrupt()])
+    assert os.path.exists(run_dir.path(config.model_dir, run_dir.BACKUP))
+    assert not os.path.exists(run_dir.path(config.model_dir, run_dir.REPORT))
+    assert run_dir.claim(config) is True
+
+    class Record(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.iterations = int(self.model.optimizer.iterations.numpy())
+            self.epoch = float(self.model.epoch.numpy())
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.first_epoch = getattr(self, "first_epoch", epoch)
+            self.lr = float(self.model.optimizer.learning_rate.numpy())
+
+    record = Record()
+    report = train(config, extra_callbacks=[record])
+    steps = 4  # 64 examples / batch 16
+    assert record.iterations == 2 * steps  # optimiser state came back with the weights
+    assert record.first_epoch == 2
+    assert record.lr == pytest.approx(0.1 * 0.1)  # the iteration-based schedule resumed past its milestone
+    with open(run_dir.path(config.model_dir, run_dir.HISTORY)) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3]
+    assert set(report["results"]) >= {"net0", "fused"}

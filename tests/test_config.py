@@ -1,0 +1,61 @@
+"""Config: flagfiles in zoo/ parse and hold the papers' settings; config.json round trips."""
+
+import glob
+import os
+
+import pytest
+
+from conftest import REPO
+from keras_ffl.config import Config, ConfigError, config_from_flags, parse_argv
+
+FLAGFILES = sorted(glob.glob(os.path.join(REPO, "zoo", "*.flags")))
+
+
+def load(path, *extra):
+    return config_from_flags(parse_argv(["train", f"--flagfile={path}", *extra])).validated()
+
+
+def test_zoo_has_the_issue_flagfiles():
+    names = {os.path.basename(p) for p in FLAGFILES}
+    assert {"res32_cifar100.flags", "wrn16-2_cifar100.flags", "res32_wrn16-2_cifar100.flags",
+            "quickstart_fashion_mnist.flags"} <= names
+
+
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_every_flagfile_validates(path):
+    config = load(path)
+    assert config.num_branches >= 2 and config.model_dir
+
+
+def test_res32_flagfile_is_the_ffl_paper_schedule():
+    c = load(os.path.join(REPO, "zoo", "res32_cifar100.flags"))
+    assert (c.method, c.backbones, c.num_branches, c.topology, c.dataset) == ("ffl", ("resnet32",), 2, "shared", "cifar100")
+    assert (c.epochs, c.lr, c.lr_milestones, c.lr_gamma, c.momentum, c.nesterov) == (300, 0.1, (150, 225), 0.1, 0.9, True)
+    assert (c.batch_size, c.eval_batch_size, c.temperature, c.rampup_epochs) == (128, 100, 3.0, 80)
+    assert (c.weight_decay, c.fusion_weight_decay) == (1e-4, 1e-5)
+
+
+def test_heterogeneous_flagfile_resolves_to_independent_networks():
+    c = load(os.path.join(REPO, "zoo", "res32_wrn16-2_cifar100.flags"))
+    assert c.backbones == ("resnet32", "wrn16_2") and c.topology == "independent" and c.num_branches == 2
+
+
+def test_command_line_overrides_the_flagfile():
+    c = load(os.path.join(REPO, "zoo", "res32_cifar100.flags"), "--epochs=5", "--num_branches=3")
+    assert c.epochs == 5 and c.num_branches == 3
+
+
+def test_config_json_round_trip(tmp_path):
+    c = load(os.path.join(REPO, "zoo", "res32_wrn16-2_cifar100.flags"))
+    c.save(str(tmp_path / "config.json"))
+    assert Config.load(str(tmp_path / "config.json")) == c
+    assert not list(tmp_path.glob("*.tmp*"))  # written through a temporary file
+
+
+def test_broken_config_json_is_a_clear_error(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        Config.load(str(tmp_path / "config.json"))
+    (tmp_path / "config.json").write_text('{"method": "ffl", "surprise": 1}')
+    with pytest.raises(ConfigError, match="unknown configuration keys: surprise"):
+        Config.load(str(tmp_path / "config.json"))

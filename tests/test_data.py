@@ -1,0 +1,112 @@
+"""Data: Fashion-MNIST IDX files, tfds CIFAR through mock data, synthetic data, augmentation."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from helpers import tiny_config
+from keras_ffl.config import ConfigError
+from keras_ffl.data import load_data
+from keras_ffl.data.augment import pad_crop_flip
+from keras_ffl.data.sources import DataError, read_idx
+
+
+def write_idx(path, array):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_real_fashion_mnist_is_read_from_debian_idx_files(fashion_mnist_dir):
+    config = tiny_config(dataset="fashion_mnist", data_dir=fashion_mnist_dir, train_examples=256, test_examples=200,
+                         batch_size=64, eval_batch_size=100)
+    data = load_data(config)
+    assert (data.num_classes, data.image_shape, data.train_size, data.test_size) == (10, (28, 28, 1), 256, 200)
+    assert data.steps_per_epoch == 4
+    images, labels = next(iter(data.test))
+    assert images.shape == (100, 28, 28, 1) and images.dtype == tf.float32
+    # Normalised with the training split's statistics: roughly zero mean, unit variance.
+    assert abs(float(tf.reduce_mean(images))) < 0.3 and 0.7 < float(tf.math.reduce_std(images)) < 1.3
+    assert set(np.unique(labels.numpy())) <= set(range(10)) and len(np.unique(labels.numpy())) > 5
+
+
+def test_idx_reader_round_trip_and_corruption(tmp_path):
+    array = np.arange(2 * 3 * 4).reshape(2, 3, 4) % 256
+    path = str(tmp_path / "x-idx3-ubyte.gz")
+    write_idx(path, array)
+    np.testing.assert_array_equal(read_idx(path), array)
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-5])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(path)
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(str(bad))
+
+
+def test_missing_fashion_mnist_files_name_the_apt_package(tmp_path):
+    with pytest.raises(ConfigError, match="apt-get install dataset-fashion-mnist"):
+        tiny_config(dataset="fashion_mnist", data_dir=str(tmp_path / "nowhere"))
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(b"")
+    with pytest.raises(ConfigError, match="files missing"):
+        tiny_config(dataset="fashion_mnist", data_dir=str(tmp_path))
+
+
+@pytest.mark.parametrize("name,classes", [("cifar100", 100), ("cifar10", 10)])
+def test_cifar_pipeline_through_tfds_mock_data(name, classes):
+    config = tiny_config(dataset=name, train_examples=0, test_examples=0, batch_size=8, eval_batch_size=10,
+                         download=False)
+    with tfds.testing.mock_data(num_examples=20):
+        data = load_data(config)
+        images, labels = next(iter(data.train))
+        test_images, _ = next(iter(data.test))
+    assert data.num_classes == classes and data.image_shape == (32, 32, 3)
+    assert data.train_size == 20 and data.steps_per_epoch == 3
+    assert images.shape == (8, 32, 32, 3) and images.dtype == tf.float32
+    assert test_images.shape == (10, 32, 32, 3)
+    assert labels.dtype == tf.int64 and int(tf.reduce_max(labels)) < classes
+
+
+def test_synthetic_data_is_deterministic_and_learnable_shape():
+    a = load_data(tiny_config(train_examples=40, batch_size=40))
+    b = load_data(tiny_config(train_examples=40, batch_size=40))
+    xa, ya = next(iter(a.test))
+    xb, yb = next(iter(b.test))
+    np.testing.assert_array_equal(xa.numpy(), xb.numpy())
+    np.testing.assert_array_equal(ya.numpy(), yb.numpy())
+
+
+def test_pad_crop_flip_gives_crops_of_the_reflect_padded_image():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (6, 8, 8, 2)).astype(np.float32)
+    out = pad_crop_flip(tf.constant(images), tf.constant([3, 4], tf.int64), pad=2).numpy()
+    padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
+    offsets_seen = set()
+    for i in range(len(images)):
+        matches = [
+            (dy, dx, flip)
+            for dy in range(5)
+            for dx in range(5)
+            for flip in (False, True)
+            if np.array_equal(out[i], (lambda c: c[:, ::-1] if flip else c)(padded[i, dy : dy + 8, dx : dx + 8]))
+        ]
+        assert matches, f"image {i} is not a crop of its padded version"
+        offsets_seen.add(matches[0])
+    assert len(offsets_seen) > 1  # the crops are random, not all the same
+
+
+def test_augmentation_stream_is_seeded():
+    config = tiny_config(train_examples=32, batch_size=32)
+    first = next(iter(load_data(config).train))[0].numpy()
+    second = next(iter(load_data(config).train))[0].numpy()
+    np.testing.assert_array_equal(first, second)
+    other = next(iter(load_data(tiny_config(train_examples=32, batch_size=32, seed=1)).train))[0].numpy()
+    assert not np.array_equal(first, other)
