@@ -68,7 +68,8 @@ def compile_model(model, config, steps_per_epoch):
     optimizer = build_optimizer(config, steps_per_epoch)
     jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
     model.compile(optimizer=optimizer, jit_compile=jit)
-    optimizer.build(model.trainable_variables)
+    # model.optimizer, not optimizer: under mixed_float16 Keras wraps it in a LossScaleOptimizer.
+    model.optimizer.build(model.trainable_variables)
     return model
 
 

@@ -19,6 +19,15 @@ class ConfigError(ValueError):
     """A configuration that cannot run; its message is one line meant for the user."""
 
 
+class HelpRequested(Exception):
+    """``--help`` was given; the exception's text is the help to print."""
+
+
+def quiet_tensorflow():
+    """Hide TensorFlow's C++ info logs (call before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
     # What to train.
@@ -303,9 +312,17 @@ def config_from_flags(flag_values):
 
 
 def parse_argv(argv, define=define_flags):
-    """Parses ``argv`` (program name first) into a FlagValues; raises ConfigError on bad flags."""
+    """Parses ``argv`` (program name first) into a FlagValues.
+
+    Raises ConfigError on bad flags and HelpRequested for ``--help``/``-h``/``--helpfull``.
+    """
     flag_values = flags.FlagValues()
     define(flag_values)
+    if any(arg in ("--help", "-h", "--helpfull", "-help") for arg in argv[1:]):
+        program = os.path.basename(argv[0]) if argv else "keras_ffl"
+        if program.endswith(".py"):
+            program = f"python -m keras_ffl.{program[:-3]}"
+        raise HelpRequested(f"usage: {program} [--flagfile=FILE] [--flag=value ...]\n\n{flag_values.get_help()}")
     try:
         flag_values(list(argv))
     except flags.Error as e:

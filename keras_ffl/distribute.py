@@ -1,7 +1,5 @@
 """Devices, tf.distribute strategies and precision policies, set up once per process."""
 
-import os
-
 import tensorflow as tf
 
 
@@ -35,6 +33,3 @@ def is_chief(strategy):
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
-
-def quiet_tensorflow():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

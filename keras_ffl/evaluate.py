@@ -13,8 +13,7 @@ import sys
 from absl import flags
 
 from keras_ffl import run_dir
-from keras_ffl.config import Config, ConfigError, parse_argv
-from keras_ffl.distribute import quiet_tensorflow
+from keras_ffl.config import Config, ConfigError, HelpRequested, parse_argv, quiet_tensorflow
 
 
 def define_flags(flag_values):
@@ -63,6 +62,9 @@ def main(argv=None):
         from keras_ffl.report import format_table
 
         rows, config, test_size = evaluate(fv.model_dir, fv.weights, fv.data_dir, fv.test_examples)
+    except HelpRequested as e:
+        print(e)
+        return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -12,8 +12,7 @@ import sys
 import time
 
 from keras_ffl import run_dir
-from keras_ffl.config import ConfigError, config_from_flags, parse_argv
-from keras_ffl.distribute import quiet_tensorflow
+from keras_ffl.config import ConfigError, HelpRequested, config_from_flags, parse_argv, quiet_tensorflow
 
 
 def parse_config(argv):
@@ -116,6 +115,9 @@ def main(argv=None):
     quiet_tensorflow()
     try:
         config = parse_config(argv)
+    except HelpRequested as e:
+        print(e)
+        return 0
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

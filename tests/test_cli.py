@@ -23,7 +23,8 @@ TINY = [
 
 
 def run_cli(module, *args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="2")
+    env = dict(os.environ, PYTHONPATH=REPO)
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI must keep its own output clean
     return subprocess.run([sys.executable, "-m", f"keras_ffl.{module}", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, cwd=REPO)
 
@@ -85,6 +86,13 @@ def test_cli_end_to_end_then_evaluate_gives_the_same_numbers(tmp_path):
     other = run_cli("train", f"--model_dir={model_dir}", *TINY, "--lr=0.05")
     assert other.returncode == 2 and "differs in: lr" in other.stderr
     assert (model_dir / "model.weights.h5").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("module", ["train", "evaluate"])
+def test_help_lists_flags_and_exits_0(module):
+    result = run_cli(module, "--help")
+    assert result.returncode == 0
+    assert f"python -m keras_ffl.{module}" in result.stdout and "--model_dir" in result.stdout
 
 
 def test_evaluate_errors(tmp_path):

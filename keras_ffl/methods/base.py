@@ -148,9 +148,11 @@ class OnlineDistiller(keras.Model):
             return tf.constant(0.0)
         return tf.add_n(penalties) / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
 
-    def apply_loss(self, tape, loss, optimizer, variables):
-        """Scale (mixed precision), differentiate and apply on ``variables``."""
-        optimizer.apply(tape.gradient(optimizer.scale_loss(loss), variables), variables)
+    @staticmethod
+    def apply_scaled_loss(tape, scaled_loss, optimizer, variables):
+        """Differentiates a loss already scaled *inside* the tape by ``optimizer.scale_loss``
+        (a no-op except under mixed_float16) and applies the update on ``variables``."""
+        optimizer.apply(tape.gradient(scaled_loss, variables), variables)
 
     # --------------------------------------------------------------------- metrics
     @property
@@ -180,8 +182,8 @@ class OnlineDistiller(keras.Model):
         with tf.GradientTape() as tape:
             outputs = self.forward(images, training=True)
             terms = self.compute_losses(outputs, labels)
-            loss = self.total_loss(terms) + self.l2_penalty()
-        self.apply_loss(tape, loss, self.optimizer, variables)
+            loss = self.optimizer.scale_loss(self.total_loss(terms) + self.l2_penalty())
+        self.apply_scaled_loss(tape, loss, self.optimizer, variables)
         return self.update_metrics(outputs, labels, terms)
 
     def test_step(self, data):
