@@ -13,14 +13,7 @@ import os
 from absl import flags
 
 from keras_ffl import specs
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run; its message is one line meant for the user."""
-
-
-class HelpRequested(Exception):
-    """``--help`` was given; the exception's text is the help to print."""
+from keras_ffl.errors import ConfigError, HelpRequested  # noqa: F401 - re-exported
 
 
 def quiet_tensorflow():

@@ -7,13 +7,13 @@ then the final weights (or the last per-epoch checkpoint) are loaded.
 """
 
 import dataclasses
-import json
 import sys
 
 from absl import flags
 
 from keras_ffl import run_dir
-from keras_ffl.config import Config, ConfigError, HelpRequested, parse_argv, quiet_tensorflow
+from keras_ffl.cli import run_main
+from keras_ffl.config import Config, ConfigError, parse_argv
 
 
 def define_flags(flag_values):
@@ -53,31 +53,21 @@ def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
 
 def main(argv=None):
     argv = sys.argv if argv is None else argv
-    quiet_tensorflow()
-    try:
+
+    def body():
+        from keras_ffl.report import format_table, write_report
+
         fv = parse_argv(argv, define=define_flags)
         if not fv.model_dir:
             raise ConfigError("--model_dir is required")
-        from keras_ffl.data import DataError
-        from keras_ffl.report import format_table
-
         rows, config, test_size = evaluate(fv.model_dir, fv.weights, fv.data_dir, fv.test_examples)
-    except HelpRequested as e:
-        print(e)
+        title = f"{config.method.upper()} {'/'.join(config.backbones)} on {config.dataset} ({test_size} test images)"
+        print(format_table(rows, title))
+        if fv.output:
+            write_report(fv.output, {"results": rows, "test_examples": test_size, "model_dir": fv.model_dir})
         return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(format_table(rows, f"{config.method.upper()} {'/'.join(config.backbones)} on {config.dataset} "
-                             f"({test_size} test images)"))
-    if fv.output:
-        from keras_ffl.report import write_report
 
-        write_report(fv.output, {"results": rows, "test_examples": test_size, "model_dir": fv.model_dir})
-    return 0
+    return run_main(body)
 
 
 if __name__ == "__main__":

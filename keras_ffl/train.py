@@ -12,7 +12,8 @@ import sys
 import time
 
 from keras_ffl import run_dir
-from keras_ffl.config import ConfigError, HelpRequested, config_from_flags, parse_argv, quiet_tensorflow
+from keras_ffl.cli import run_main
+from keras_ffl.config import config_from_flags, parse_argv
 
 
 def parse_config(argv):
@@ -112,23 +113,12 @@ def train(config, extra_callbacks=()):
 
 def main(argv=None):
     argv = sys.argv if argv is None else argv
-    quiet_tensorflow()
-    try:
-        config = parse_config(argv)
-    except HelpRequested as e:
-        print(e)
-        return 0
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from keras_ffl.data import DataError
 
-    try:
-        train(config)
-    except (DataError, ConfigError, FloatingPointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1 if isinstance(e, FloatingPointError) else 2
-    return 0
+    def body():
+        train(parse_config(argv))
+        return 0
+
+    return run_main(body)
 
 
 if __name__ == "__main__":

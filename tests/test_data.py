@@ -1,7 +1,7 @@
 """Data: Fashion-MNIST IDX files, tfds CIFAR through mock data, synthetic data, augmentation."""
 
 import gzip
-import os
+
 import struct
 
 import numpy as np

@@ -54,16 +54,25 @@ def dense_classifier(num_classes, fan_in, name, zero_bias=False):
 
 
 class Backbone:
-    """Base class: subclasses implement ``trunk_layers`` and ``head_layers``."""
+    """Base class: subclasses implement ``block``, ``trunk_layers`` and ``head_layers``."""
 
-    #: Spatial down-sampling factor of the last feature map relative to the input.
     name = "backbone"
+    blocks_per_stage = 1
 
     def __init__(self, sync_bn=False):
         self.sync_bn = sync_bn
 
     def bn(self, name):
         return batch_norm(name, self.sync_bn)
+
+    def block(self, x, filters, strides, prefix):
+        raise NotImplementedError
+
+    def stage(self, x, index, filters, strides):
+        """``blocks_per_stage`` blocks; the first one carries the stride."""
+        for b in range(self.blocks_per_stage):
+            x = self.block(x, filters, strides if b == 0 else 1, f"stage{index}_block{b}")
+        return x
 
     def trunk_layers(self, x):
         raise NotImplementedError

@@ -22,7 +22,7 @@ class CifarResNet(Backbone):
         self.blocks_per_stage = (depth - 2) // 6
         self.name = f"resnet{depth}"
 
-    def _block(self, x, filters, strides, prefix):
+    def block(self, x, filters, strides, prefix):
         shortcut = x
         y = conv(filters, 3, strides, name=f"{prefix}_conv1")(x)
         y = self.bn(f"{prefix}_bn1")(y)
@@ -35,20 +35,16 @@ class CifarResNet(Backbone):
         y = layers.Add(name=f"{prefix}_add")([y, shortcut])
         return layers.ReLU(name=f"{prefix}_out")(y)
 
-    def _stage(self, x, index, filters, strides):
-        for b in range(self.blocks_per_stage):
-            x = self._block(x, filters, strides if b == 0 else 1, f"stage{index}_block{b}")
-        return x
 
     def trunk_layers(self, x):
         x = conv(16, 3, 1, name="stem_conv")(x)
         x = self.bn("stem_bn")(x)
         x = layers.ReLU(name="stem_relu")(x)
-        x = self._stage(x, 1, 16, 1)
-        return self._stage(x, 2, 32, 2)
+        x = self.stage(x, 1, 16, 1)
+        return self.stage(x, 2, 32, 2)
 
     def head_layers(self, x, num_classes):
-        features = self._stage(x, 3, 64, 2)
+        features = self.stage(x, 3, 64, 2)
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
         logits = dense_classifier(num_classes, features.shape[-1], name="classifier")(pooled)
         return logits, features

@@ -24,7 +24,7 @@ class WideResNet(Backbone):
         self.blocks_per_stage = (depth - 4) // 6
         self.name = f"wrn{depth}_{width}"
 
-    def _block(self, x, filters, strides, prefix):
+    def block(self, x, filters, strides, prefix):
         equal_in_out = x.shape[-1] == filters
         pre = layers.ReLU(name=f"{prefix}_relu1")(self.bn(f"{prefix}_bn1")(x))
         y = conv(filters, 3, strides, name=f"{prefix}_conv1")(pre)
@@ -33,18 +33,14 @@ class WideResNet(Backbone):
         shortcut = x if equal_in_out else conv(filters, 1, strides, name=f"{prefix}_proj_conv")(pre)
         return layers.Add(name=f"{prefix}_add")([y, shortcut])
 
-    def _stage(self, x, index, filters, strides):
-        for b in range(self.blocks_per_stage):
-            x = self._block(x, filters, strides if b == 0 else 1, f"stage{index}_block{b}")
-        return x
 
     def trunk_layers(self, x):
         x = conv(16, 3, 1, name="stem_conv")(x)
-        x = self._stage(x, 1, 16 * self.width, 1)
-        return self._stage(x, 2, 32 * self.width, 2)
+        x = self.stage(x, 1, 16 * self.width, 1)
+        return self.stage(x, 2, 32 * self.width, 2)
 
     def head_layers(self, x, num_classes):
-        x = self._stage(x, 3, 64 * self.width, 2)
+        x = self.stage(x, 3, 64 * self.width, 2)
         features = layers.ReLU(name="final_relu")(self.bn("final_bn")(x))
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
         logits = dense_classifier(num_classes, features.shape[-1], name="classifier", zero_bias=True)(pooled)

@@ -9,10 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_ffl import specs
-
-
-class DataError(RuntimeError):
-    """Data that cannot be read; the message is one line meant for the user."""
+from keras_ffl.errors import DataError
 
 
 def read_idx(path):

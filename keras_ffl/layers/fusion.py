@@ -1,6 +1,5 @@
 """FFL's fusion module (paper 000, Fig. 2) and the spatial adapter it needs for mixed nets."""
 
-import keras
 from keras import layers, ops
 
 from keras_ffl.backbones.base import batch_norm, conv, conv_initializer, dense_classifier

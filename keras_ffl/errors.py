@@ -1,0 +1,13 @@
+"""Errors whose message is one line meant for the user (no TensorFlow import here)."""
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run: bad flags, incompatible settings, a taken model_dir."""
+
+
+class DataError(RuntimeError):
+    """Data that is missing or cannot be read."""
+
+
+class HelpRequested(Exception):
+    """``--help`` was given; the exception's text is the help to print."""
