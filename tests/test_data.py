@@ -1,7 +1,6 @@
 """Data: Fashion-MNIST IDX files, tfds CIFAR through mock data, synthetic data, augmentation."""
 
 import gzip
-
 import struct
 
 import numpy as np
