@@ -56,6 +56,8 @@ class Config:
     fusion_weight_decay: float = 1e-5
     ensemble_kd: bool = True
     fusion_kd: bool = True
+    # DML.
+    dml_update: str = "synchronous"
     # Run.
     seed: int = 0
     model_dir: str = ""
@@ -105,6 +107,10 @@ class Config:
         if num_branches < method.min_branches:
             raise ConfigError(f"--method={c.method} needs at least {method.min_branches} sub-networks, got {num_branches}")
         homogeneous = len(set(canonical)) == 1
+        if method.same_architecture and not homogeneous:
+            raise ConfigError(
+                f"--method={c.method} needs the same architecture for every branch, got {', '.join(canonical)}"
+            )
         topology = c.topology
         if topology == "auto":
             topology = "shared" if homogeneous and "shared" in method.topologies else "independent"
@@ -114,8 +120,6 @@ class Config:
             raise ConfigError(
                 f"--topology=shared needs one architecture, got {', '.join(canonical)}: use --topology=independent"
             )
-        if method.same_architecture and not homogeneous:
-            raise ConfigError(f"--method={c.method} needs the same architecture for every branch")
         if c.dataset not in specs.DATASETS:
             raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}")
         positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
@@ -222,6 +226,7 @@ _ENUMS = {
     "topology": ("auto", "shared", "independent"),
     "dataset": tuple(specs.DATASETS),
     "fusion": ("module", "average"),
+    "dml_update": ("synchronous", "sequential"),
     "strategy": ("default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
     "jit_compile": ("auto", "true", "false"),
@@ -259,6 +264,8 @@ _HELP = {
     "fusion_weight_decay": "L2 weight decay of the FFL fusion module.",
     "ensemble_kd": "FFL ensemble KD term kl(fused <- ensemble) (off = ablation case C).",
     "fusion_kd": "FFL fusion KD terms kl(net_k <- fused) (off together with ensemble_kd = case D).",
+    "dml_update": "DML update order: synchronous (one forward pass, common re-implementation) or "
+    "sequential (the paper: update each network in turn, recomputing predictions).",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
     "strategy": "tf.distribute strategy.",

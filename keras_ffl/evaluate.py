@@ -28,7 +28,7 @@ def define_flags(flag_values):
 
 def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
     """Returns ``(rows, config, test_size)``."""
-    from keras_ffl.build import build_model
+    from keras_ffl.build import build_model, compile_model
     from keras_ffl.data import load_data
     from keras_ffl.report import summarize
 
@@ -42,7 +42,7 @@ def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
     weights = weights or run_dir.find_weights(model_dir)
     data = load_data(config, splits=("test",))
     model = build_model(config, data.num_classes, data.image_shape)
-    model.compile()
+    compile_model(model, config, 1)  # the run's own optimiser, so its saved state loads cleanly
     try:
         model.load_weights(weights, skip_mismatch=False)
     except Exception as e:  # h5py/keras raise several types for corrupt or foreign files

@@ -57,6 +57,9 @@ class MethodSpec:
 
 METHODS = {
     "ffl": MethodSpec(topologies=("shared", "independent")),
+    "dml": MethodSpec(topologies=("independent",)),
+    "one": MethodSpec(topologies=("shared",), same_architecture=True),
+    "vanilla": MethodSpec(topologies=("independent",), min_branches=1),
 }
 
 

@@ -51,3 +51,31 @@ def ffl_total(logits, fused, labels, temperature, epoch, rampup_epochs, **ablati
     w = rampup(epoch, rampup_epochs)
     terms = ffl_terms(logits, fused, labels, temperature, **ablation)
     return sum((w if name.startswith("kd_") else 1.0) * v for name, v in terms.items())
+
+
+def dml_terms(logits, labels, temperature):
+    k = len(logits)
+    terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
+    for i in range(k):
+        terms[f"kd_net{i}"] = sum(distillation_kl(logits[i], logits[j], temperature) for j in range(k) if j != i) / (k - 1)
+    return terms
+
+
+def one_teacher(logits, gate_weights):
+    """z_t = sum_k g_k z_k; gate_weights [B, K]."""
+    return np.einsum("bk,kbc->bc", np.asarray(gate_weights, np.float64), np.stack(logits).astype(np.float64))
+
+
+def one_gate(pooled, kernel, bias, bn_mean, bn_var, gamma, beta, eps=1e-5):
+    """pool -> dense -> BN (given statistics) -> ReLU -> softmax."""
+    h = pooled @ kernel + bias
+    h = gamma * (h - bn_mean) / np.sqrt(bn_var + eps) + beta
+    return softmax(np.maximum(h, 0.0))
+
+
+def one_terms(logits, teacher, labels, temperature):
+    terms = {f"ce_net{k}": cross_entropy(z, labels) for k, z in enumerate(logits)}
+    terms["ce_teacher"] = cross_entropy(teacher, labels)
+    for k, z in enumerate(logits):
+        terms[f"kd_net{k}"] = distillation_kl(z, teacher, temperature)
+    return terms

@@ -18,13 +18,17 @@ def load(path, *extra):
 def test_zoo_has_the_issue_flagfiles():
     names = {os.path.basename(p) for p in FLAGFILES}
     assert {"res32_cifar100.flags", "wrn16-2_cifar100.flags", "res32_wrn16-2_cifar100.flags",
-            "quickstart_fashion_mnist.flags"} <= names
+            "quickstart_fashion_mnist.flags", "dml_res32_cifar100.flags", "one_res32_cifar100.flags",
+            "vanilla_res32_cifar100.flags"} <= names
+    for method in ("dml", "one", "vanilla"):
+        assert f"quickstart_{method}_fashion_mnist.flags" in names
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
-def test_every_flagfile_validates(path):
+def test_every_flagfile_validates(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # nested flagfiles are relative to the repository root
     config = load(path)
-    assert config.num_branches >= 2 and config.model_dir
+    assert config.num_branches >= (1 if config.method == "vanilla" else 2) and config.model_dir
 
 
 def test_res32_flagfile_is_the_ffl_paper_schedule():
