@@ -38,7 +38,7 @@ def build_subnetworks(config, num_classes, image_shape):
 
 def build_model(config, num_classes, image_shape):
     """Builds (and calls once, so every variable exists) the method model of a Config."""
-    cls, options = METHODS[config.method]
+    cls, options, _ = METHODS[config.method]
     trunk, branches = build_subnetworks(config, num_classes, image_shape)
     model = cls(
         branches,
@@ -54,11 +54,20 @@ def build_model(config, num_classes, image_shape):
     return model
 
 
+def step_schedule(base_lr, milestones, gamma, steps_per_epoch):
+    """lr x gamma at each milestone epoch, in optimiser iterations so a restored optimiser
+    resumes it.  The first step of epoch m has iteration m * steps; PiecewiseConstantDecay
+    switches *after* a boundary, hence the -1 (PyTorch's MultiStepLR switches at the epoch)."""
+    if not milestones:
+        return base_lr
+    boundaries = [m * steps_per_epoch - 1 for m in milestones]
+    values = [base_lr * gamma**i for i in range(len(boundaries) + 1)]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
+
+
 def build_optimizer(config, steps_per_epoch):
-    """SGD with the step schedule expressed in iterations, so a restored optimiser resumes it."""
-    boundaries = [m * steps_per_epoch for m in config.lr_milestones]
-    values = [config.lr * config.lr_gamma**i for i in range(len(boundaries) + 1)]
-    schedule = keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else config.lr
+    """The networks' SGD (all methods)."""
+    schedule = step_schedule(config.lr, config.lr_milestones, config.lr_gamma, steps_per_epoch)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
 
 
@@ -67,9 +76,10 @@ def compile_model(model, config, steps_per_epoch):
     need its variables to exist before ``fit``."""
     optimizer = build_optimizer(config, steps_per_epoch)
     jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
-    model.compile(optimizer=optimizer, jit_compile=jit)
-    # model.optimizer, not optimizer: under mixed_float16 Keras wraps it in a LossScaleOptimizer.
-    model.optimizer.build(model.trainable_variables)
+    extras = METHODS[config.method].compile_extras
+    model.compile(optimizer=optimizer, jit_compile=jit, **(extras(config, steps_per_epoch) if extras else {}))
+    # Through the model: under mixed_float16 Keras wraps optimisers in a LossScaleOptimizer.
+    model.build_optimizers()
     return model
 
 

@@ -58,6 +58,11 @@ class Config:
     fusion_kd: bool = True
     # DML.
     dml_update: str = "synchronous"
+    # AFD.
+    afd_mode: str = "full"
+    feature_lr: float = 2e-5
+    feature_lr_milestones: tuple = (75, 150)
+    feature_weight_decay: float = 0.1
     # Run.
     seed: int = 0
     model_dir: str = ""
@@ -133,8 +138,12 @@ class Config:
             raise ConfigError("--lr and --temperature must be positive")
         if c.weight_decay < 0 or c.fusion_weight_decay < 0:
             raise ConfigError("weight decays must be >= 0")
-        if list(c.lr_milestones) != sorted(set(c.lr_milestones)) or any(m <= 0 for m in c.lr_milestones):
-            raise ConfigError(f"--lr_milestones must be increasing positive epochs, got {list(c.lr_milestones)}")
+        for name in ("lr_milestones", "feature_lr_milestones"):
+            milestones = list(getattr(c, name))
+            if milestones != sorted(set(milestones)) or any(m <= 0 for m in milestones):
+                raise ConfigError(f"--{name} must be increasing positive epochs, got {milestones}")
+        if c.feature_lr <= 0 or c.feature_weight_decay < 0:
+            raise ConfigError("--feature_lr must be positive and --feature_weight_decay >= 0")
         if c.fusion == "average":
             channels = {specs.parse_backbone(b).feature_channels for b in canonical}
             if len(channels) > 1:
@@ -153,6 +162,7 @@ class Config:
             num_branches=num_branches,
             topology=topology,
             lr_milestones=tuple(int(m) for m in c.lr_milestones),
+            feature_lr_milestones=tuple(int(m) for m in c.feature_lr_milestones),
             model_dir=model_dir,
         )
 
@@ -227,6 +237,7 @@ _ENUMS = {
     "dataset": tuple(specs.DATASETS),
     "fusion": ("module", "average"),
     "dml_update": ("synchronous", "sequential"),
+    "afd_mode": ("full", "adversarial", "kd", "l1", "l1_kd"),
     "strategy": ("default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
     "jit_compile": ("auto", "true", "false"),
@@ -266,6 +277,11 @@ _HELP = {
     "fusion_kd": "FFL fusion KD terms kl(net_k <- fused) (off together with ensemble_kd = case D).",
     "dml_update": "DML update order: synchronous (one forward pass, common re-implementation) or "
     "sequential (the paper: update each network in turn, recomputing predictions).",
+    "afd_mode": "AFD: full (KL + adversarial), adversarial only, kd only, or the direct L1 feature "
+    "alignment baselines l1 and l1_kd (paper Tables 1-2).",
+    "feature_lr": "AFD Adam learning rate for feature extractors and discriminators.",
+    "feature_lr_milestones": "Epochs at which the AFD feature learning rate is multiplied by --lr_gamma.",
+    "feature_weight_decay": "AFD PyTorch-style L2 weight decay of the Adam (feature) update.",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
     "strategy": "tf.distribute strategy.",
@@ -300,11 +316,11 @@ def config_from_flags(flag_values):
     values = {}
     for field in dataclasses.fields(Config):
         value = flag_values[field.name].value
-        if field.name == "lr_milestones":
+        if field.name in ("lr_milestones", "feature_lr_milestones"):
             try:
                 value = tuple(int(v) for v in value)
             except ValueError:
-                raise ConfigError(f"--lr_milestones must be integers, got {','.join(value)}") from None
+                raise ConfigError(f"--{field.name} must be integers, got {','.join(value)}") from None
         elif isinstance(value, list):
             value = tuple(value)
         values[field.name] = value

@@ -59,6 +59,7 @@ METHODS = {
     "ffl": MethodSpec(topologies=("shared", "independent")),
     "dml": MethodSpec(topologies=("independent",)),
     "one": MethodSpec(topologies=("shared",), same_architecture=True),
+    "afd": MethodSpec(topologies=("independent",)),
     "vanilla": MethodSpec(topologies=("independent",), min_branches=1),
 }
 

@@ -79,3 +79,19 @@ def one_terms(logits, teacher, labels, temperature):
     for k, z in enumerate(logits):
         terms[f"kd_net{k}"] = distillation_kl(z, teacher, temperature)
     return terms
+
+
+def afd_terms(logits, labels, temperature, d_fake, d_real, maps=None, mode="full"):
+    """AFD with cyclic peers p = k-1; d_fake[k] = D_k(own map), d_real[k] = D_k(peer map)."""
+    k = len(logits)
+    peer = [(i - 1) % k for i in range(k)]
+    terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
+    if mode in ("full", "kd", "l1_kd"):
+        terms.update({f"kd_net{i}": distillation_kl(logits[i], logits[peer[i]], temperature) for i in range(k)})
+    if mode in ("full", "adversarial"):
+        terms.update({f"adv_g{i}": float(np.mean((1 - np.asarray(d_fake[i])) ** 2)) for i in range(k)})
+        terms.update({f"adv_d{i}": float(np.mean((1 - np.asarray(d_real[i])) ** 2 + np.asarray(d_fake[i]) ** 2))
+                      for i in range(k)})
+    if mode in ("l1", "l1_kd"):
+        terms.update({f"l1_net{i}": float(np.mean(np.abs(maps[i] - maps[peer[i]]))) for i in range(k)})
+    return terms

@@ -19,8 +19,8 @@ def test_zoo_has_the_issue_flagfiles():
     names = {os.path.basename(p) for p in FLAGFILES}
     assert {"res32_cifar100.flags", "wrn16-2_cifar100.flags", "res32_wrn16-2_cifar100.flags",
             "quickstart_fashion_mnist.flags", "dml_res32_cifar100.flags", "one_res32_cifar100.flags",
-            "vanilla_res32_cifar100.flags"} <= names
-    for method in ("dml", "one", "vanilla"):
+            "vanilla_res32_cifar100.flags", "afd_res32_cifar100.flags", "afd_wrn16-2_wrn28-2_cifar100.flags"} <= names
+    for method in ("dml", "one", "vanilla", "afd"):
         assert f"quickstart_{method}_fashion_mnist.flags" in names
 
 

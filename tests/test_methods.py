@@ -140,7 +140,7 @@ def test_a_few_steps_lower_the_loss(overrides):
     assert float(model.evaluate(x, y, verbose=0, return_dict=True)["loss"]) < 0.85 * first
 
 
-@pytest.mark.parametrize("method", ["dml", "one", "vanilla"])
+@pytest.mark.parametrize("method", ["dml", "one", "vanilla", "afd"])
 def test_train_save_restore_evaluate_give_the_same_numbers(tmp_path, method):
     from keras_ffl.evaluate import evaluate
     from keras_ffl.train import train

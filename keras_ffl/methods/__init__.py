@@ -1,18 +1,32 @@
 """Methods by name.  Adding a method means adding one file and one line here (and its
 capabilities in ``keras_ffl.specs.METHODS``)."""
 
+import collections
+
+from keras_ffl.methods.afd import AFD, afd_feature_optimizer, afd_options
 from keras_ffl.methods.base import OnlineDistiller
 from keras_ffl.methods.dml import DML, dml_options
 from keras_ffl.methods.ffl import FFL, ffl_options
 from keras_ffl.methods.one import ONE, one_options
 from keras_ffl.methods.vanilla import Vanilla, vanilla_options
 
-#: name -> (model class, function mapping a Config to the class's own keyword arguments)
+#: ``cls``: the model class; ``options(config)``: its own keyword arguments;
+#: ``compile_extras(config, steps_per_epoch)``: extra ``compile`` arguments (other optimisers).
+Method = collections.namedtuple("Method", ["cls", "options", "compile_extras"], defaults=[None])
+
+
+def _afd_extras(config, steps_per_epoch):
+    if config.afd_mode == "kd":
+        return {}
+    return {"feature_optimizer": afd_feature_optimizer(config, steps_per_epoch)}
+
+
 METHODS = {
-    "ffl": (FFL, ffl_options),
-    "dml": (DML, dml_options),
-    "one": (ONE, one_options),
-    "vanilla": (Vanilla, vanilla_options),
+    "ffl": Method(FFL, ffl_options),
+    "dml": Method(DML, dml_options),
+    "one": Method(ONE, one_options),
+    "afd": Method(AFD, afd_options, _afd_extras),
+    "vanilla": Method(Vanilla, vanilla_options),
 }
 
-__all__ = ["OnlineDistiller", "FFL", "DML", "ONE", "Vanilla", "METHODS"]
+__all__ = ["OnlineDistiller", "FFL", "DML", "ONE", "AFD", "Vanilla", "METHODS", "Method"]

@@ -84,6 +84,10 @@ class OnlineDistiller(keras.Model):
         """Returns ``{teacher_name: logits}`` for the names in ``teacher_names``."""
         return {}
 
+    def build_optimizers(self):
+        """Creates the optimiser's variables now (see ``keras_ffl.build.compile_model``)."""
+        self.optimizer.build(self.trainable_variables)
+
     def weight_decay_groups(self):
         """``[(decay, variables), ...]``; by default every trainable variable decays alike."""
         return [(self.weight_decay, self.trainable_variables)]

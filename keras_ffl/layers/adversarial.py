@@ -1,0 +1,48 @@
+"""AFD's discriminator and transfer layer (paper 003, Sec. 3.2)."""
+
+from keras import layers, ops
+
+from keras_ffl.backbones.base import batch_norm, conv, conv_initializer
+
+
+class Discriminator(layers.Layer):
+    """Conv - BN - LeakyReLU - Conv - Sigmoid: a feature map to one probability of "real".
+
+    The paper gives no sizes.  Here: a 3x3 stride-2 conv halving the channels, BN, LeakyReLU
+    (slope 0.2, the LSGAN/DCGAN default), then a valid conv whose kernel covers the whole
+    remaining map and outputs one channel, so any spatial size reduces to one scalar.
+    """
+
+    def __init__(self, sync_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.sync_bn = sync_bn
+
+    def build(self, input_shape):
+        height, width, channels = input_shape[1], input_shape[2], input_shape[3]
+        self.conv1 = conv(max(channels // 2, 1), 3, strides=2, name="conv1")
+        self.bn = batch_norm("bn", self.sync_bn)
+        remaining = ((height + 1) // 2, (width + 1) // 2)
+        self.conv2 = layers.Conv2D(1, remaining, padding="valid", kernel_initializer=conv_initializer(), name="conv2")
+
+    def call(self, feature_map, training=False):
+        x = ops.leaky_relu(self.bn(self.conv1(feature_map), training=training), negative_slope=0.2)
+        return ops.reshape(ops.sigmoid(ops.cast(self.conv2(x), "float32")), (-1,))
+
+    def get_config(self):
+        return {**super().get_config(), "sync_bn": self.sync_bn}
+
+
+class TransferLayer(layers.Layer):
+    """Conv - BN - ReLU bringing a feature map to ``channels`` (used when channel counts differ)."""
+
+    def __init__(self, channels, sync_bn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.channels, self.sync_bn = channels, sync_bn
+        self.conv = conv(channels, 1, name="conv")
+        self.bn = batch_norm("bn", sync_bn)
+
+    def call(self, feature_map, training=False):
+        return ops.relu(self.bn(self.conv(feature_map), training=training))
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "sync_bn": self.sync_bn}
