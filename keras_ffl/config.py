@@ -63,6 +63,9 @@ class Config:
     feature_lr: float = 2e-5
     feature_lr_milestones: tuple = (75, 150)
     feature_weight_decay: float = 0.1
+    # Offline KD.
+    teacher_dir: str = ""
+    teacher_part: str = "net0"
     # Run.
     seed: int = 0
     model_dir: str = ""
@@ -108,7 +111,7 @@ class Config:
                 )
             num_branches = len(canonical)
         else:
-            num_branches = c.num_branches or 2
+            num_branches = c.num_branches or method.default_branches
         if num_branches < method.min_branches:
             raise ConfigError(f"--method={c.method} needs at least {method.min_branches} sub-networks, got {num_branches}")
         homogeneous = len(set(canonical)) == 1
@@ -125,6 +128,8 @@ class Config:
             raise ConfigError(
                 f"--topology=shared needs one architecture, got {', '.join(canonical)}: use --topology=independent"
             )
+        if c.method == "kd":
+            check_teacher(c)
         if c.dataset not in specs.DATASETS:
             raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}")
         positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
@@ -219,6 +224,18 @@ def check_data_dir(dataset, data_dir):
         raise ConfigError(f"--data_dir {data_dir} does not exist")
 
 
+def check_teacher(config):
+    """Offline KD's teacher must be a finished run on the same dataset."""
+    if not config.teacher_dir:
+        raise ConfigError("--method=kd needs --teacher_dir, the model_dir of a trained run")
+    teacher = Config.load(os.path.join(config.teacher_dir, "config.json"))
+    weights = [os.path.join(config.teacher_dir, n) for n in ("model.weights.h5", "checkpoints/last.weights.h5")]
+    if not any(os.path.exists(w) for w in weights):
+        raise ConfigError(f"--teacher_dir {config.teacher_dir} has no weights yet: train the teacher first")
+    if teacher.dataset != config.dataset:
+        raise ConfigError(f"the teacher was trained on {teacher.dataset}, the student on {config.dataset}")
+
+
 def atomic_write_text(path, text):
     """Write through a temporary file and rename, so a crash never leaves half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -282,6 +299,8 @@ _HELP = {
     "feature_lr": "AFD Adam learning rate for feature extractors and discriminators.",
     "feature_lr_milestones": "Epochs at which the AFD feature learning rate is multiplied by --lr_gamma.",
     "feature_weight_decay": "AFD PyTorch-style L2 weight decay of the Adam (feature) update.",
+    "teacher_dir": "Offline KD: the model_dir of a finished keras_ffl run to use as the frozen teacher.",
+    "teacher_part": "Offline KD: which part of the teacher run teaches (net0, net1, fused, ensemble, teacher...).",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
     "strategy": "tf.distribute strategy.",

@@ -53,6 +53,7 @@ class MethodSpec:
     topologies: tuple  # which sub-network layouts the method supports
     min_branches: int = 2
     same_architecture: bool = False
+    default_branches: int = 2
 
 
 METHODS = {
@@ -61,6 +62,7 @@ METHODS = {
     "one": MethodSpec(topologies=("shared",), same_architecture=True),
     "afd": MethodSpec(topologies=("independent",)),
     "vanilla": MethodSpec(topologies=("independent",), min_branches=1),
+    "kd": MethodSpec(topologies=("independent",), min_branches=1, default_branches=1),
 }
 
 

@@ -11,6 +11,10 @@ from keras_ffl.config import Config, ConfigError, config_from_flags, parse_argv
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "zoo", "*.flags")))
 
 
+def load_flags_only(path):
+    return {name: parse_argv(["train", f"--flagfile={path}"])[name].value for name in ("teacher_dir",)}
+
+
 def load(path, *extra):
     return config_from_flags(parse_argv(["train", f"--flagfile={path}", *extra])).validated()
 
@@ -20,13 +24,19 @@ def test_zoo_has_the_issue_flagfiles():
     assert {"res32_cifar100.flags", "wrn16-2_cifar100.flags", "res32_wrn16-2_cifar100.flags",
             "quickstart_fashion_mnist.flags", "dml_res32_cifar100.flags", "one_res32_cifar100.flags",
             "vanilla_res32_cifar100.flags", "afd_res32_cifar100.flags", "afd_wrn16-2_wrn28-2_cifar100.flags"} <= names
-    for method in ("dml", "one", "vanilla", "afd"):
+    for method in ("dml", "one", "vanilla", "afd", "kd"):
         assert f"quickstart_{method}_fashion_mnist.flags" in names
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
 def test_every_flagfile_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)  # nested flagfiles are relative to the repository root
+    if os.path.basename(path).startswith(("kd_", "quickstart_kd")) and not os.path.exists(
+        os.path.join(REPO, load_flags_only(path)["teacher_dir"], "config.json")
+    ):
+        with pytest.raises(ConfigError, match="no config.json"):  # its teacher run comes first
+            load(path)
+        return
     config = load(path)
     assert config.num_branches >= (1 if config.method == "vanilla" else 2) and config.model_dir
 

@@ -151,3 +151,56 @@ def test_train_save_restore_evaluate_give_the_same_numbers(tmp_path, method):
     assert set(rows) == set(report["results"])
     for part, row in report["results"].items():
         assert rows[part]["top1"] == pytest.approx(row["top1"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def trained_teacher(tmp_path_factory):
+    from keras_ffl.train import train
+
+    config = tiny_config(method="ffl", epochs=1, validation_freq=0, model_dir=str(tmp_path_factory.mktemp("t") / "ffl"))
+    train(config)
+    return config.model_dir
+
+
+@pytest.mark.parametrize("part", ["fused", "net1"])
+def test_offline_kd_loss_and_frozen_teacher(trained_teacher, part):
+    config = tiny_config(method="kd", teacher_dir=trained_teacher, teacher_part=part, num_branches=0)
+    assert config.num_branches == 1
+    model = model_for(config)
+    compile_model(model, config, 4)
+    x, y = random_batch(16)
+    outputs = model.forward(x, training=False)
+    teacher_logits = outputs["teachers"]["teacher"].numpy()
+    terms = model.compute_losses(outputs, y)
+    student = outputs["logits"][0].numpy()
+    expected = {"ce_net0": ref.cross_entropy(student, y), "kd_net0": ref.distillation_kl(student, teacher_logits, 3.0)}
+    assert mean_terms(terms) == pytest.approx(expected, rel=1e-5)
+    teacher_before = [w.copy() for w in model.teacher.get_weights()]
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    for a, b in zip(teacher_before, model.teacher.get_weights()):
+        np.testing.assert_array_equal(a, b)  # frozen, BN statistics included
+    np.testing.assert_allclose(model.forward(x)["teachers"]["teacher"].numpy(), teacher_logits, rtol=1e-5, atol=1e-6)
+
+
+def test_offline_kd_end_to_end(trained_teacher, tmp_path):
+    from keras_ffl.evaluate import evaluate
+    from keras_ffl.train import train
+
+    config = tiny_config(method="kd", teacher_dir=trained_teacher, teacher_part="fused", num_branches=0, epochs=1,
+                         validation_freq=0, model_dir=str(tmp_path / "kd"))
+    report = train(config)
+    assert list(report["results"]) == ["net0", "S-avg", "ensemble", "teacher"]
+    rows, _, _ = evaluate(config.model_dir)
+    for part, row in report["results"].items():
+        assert rows[part]["top1"] == pytest.approx(row["top1"], abs=1e-6)
+
+
+def test_offline_kd_refuses_bad_teachers(trained_teacher, tmp_path):
+    with pytest.raises(ConfigError, match="needs --teacher_dir"):
+        tiny_config(method="kd")
+    with pytest.raises(ConfigError, match="no config.json"):
+        tiny_config(method="kd", teacher_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="trained on synthetic, the student on fashion_mnist"):
+        tiny_config(method="kd", teacher_dir=trained_teacher, dataset="fashion_mnist")
+    with pytest.raises(ConfigError, match="the teacher run has net0, net1, ensemble, fused"):
+        model_for(tiny_config(method="kd", teacher_dir=trained_teacher, teacher_part="teacher", num_branches=0))

@@ -7,6 +7,7 @@ from keras_ffl.methods.afd import AFD, afd_feature_optimizer, afd_options
 from keras_ffl.methods.base import OnlineDistiller
 from keras_ffl.methods.dml import DML, dml_options
 from keras_ffl.methods.ffl import FFL, ffl_options
+from keras_ffl.methods.kd import OfflineKD, kd_options
 from keras_ffl.methods.one import ONE, one_options
 from keras_ffl.methods.vanilla import Vanilla, vanilla_options
 
@@ -27,6 +28,7 @@ METHODS = {
     "one": Method(ONE, one_options),
     "afd": Method(AFD, afd_options, _afd_extras),
     "vanilla": Method(Vanilla, vanilla_options),
+    "kd": Method(OfflineKD, kd_options),
 }
 
-__all__ = ["OnlineDistiller", "FFL", "DML", "ONE", "AFD", "Vanilla", "METHODS", "Method"]
+__all__ = ["OnlineDistiller", "FFL", "DML", "ONE", "AFD", "Vanilla", "OfflineKD", "METHODS", "Method"]

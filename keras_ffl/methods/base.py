@@ -102,6 +102,7 @@ class OnlineDistiller(keras.Model):
             logits.append(ops.cast(z, "float32"))
             features.append(f)
         outputs = {
+            "images": images,
             "shared": shared,
             "logits": logits,
             "features": features,
