@@ -175,17 +175,16 @@ class AFD(OnlineDistiller):
             outputs = self.forward(images, training=True)
             terms = self.compute_losses(outputs, labels)
             self.check_terms(terms)
-            logit_terms = {n: v for n, v in terms.items() if n.startswith(("ce_", "kd_"))}
-            logit_loss = tf.add_n([self.term_weight(n) * tf.nn.compute_average_loss(v) for n, v in logit_terms.items()])
+            logit_loss = self.weighted_sum({n: v for n, v in terms.items() if n.startswith(("ce_", "kd_"))})
             logit_loss = self.optimizer.scale_loss(logit_loss + self.l2_penalty([(self.weight_decay, network_vars)]))
             if self.feature_optimizer is not None:
-                g_loss = tf.add_n(
-                    [tf.nn.compute_average_loss(v) for n, v in terms.items() if n.startswith(("adv_g", "l1_"))]
+                g_loss = self.weighted_sum(
+                    {n: v for n, v in terms.items() if n.startswith(("adv_g", "l1_"))}
                 ) + self.l2_penalty([(self.feature_weight_decay, extractor_vars)])
                 g_loss = self.feature_optimizer.scale_loss(g_loss)
                 if discriminator_vars:
-                    d_loss = tf.add_n(
-                        [tf.nn.compute_average_loss(v) for n, v in terms.items() if n.startswith("adv_d")]
+                    d_loss = self.weighted_sum(
+                        {n: v for n, v in terms.items() if n.startswith("adv_d")}
                     ) + self.l2_penalty([(self.feature_weight_decay, discriminator_vars)])
                     d_loss = self.feature_optimizer.scale_loss(d_loss)
         # Every gradient comes from the one forward pass above, before any update.

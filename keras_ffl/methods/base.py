@@ -137,10 +137,15 @@ class OnlineDistiller(keras.Model):
         if list(terms) != self.term_names:
             raise ValueError(f"{type(self).__name__}.compute_losses returned {list(terms)}, declared {self.term_names}")
 
+    def weighted_sum(self, terms, reduce=tf.nn.compute_average_loss):
+        """Sum of ``reduce``d terms, ``kd_*`` ones ramped.  The default reduction is the mean
+        over the global batch (replica-aware); ``ops.mean`` gives the per-replica value."""
+        return tf.add_n([self.term_weight(n) * reduce(v) for n, v in terms.items()])
+
     def total_loss(self, terms):
-        """Sum of weighted terms, each a mean over the global batch (replica-aware)."""
+        """The training loss of all declared terms (replica-aware)."""
         self.check_terms(terms)
-        return tf.add_n([self.term_weight(n) * tf.nn.compute_average_loss(v) for n, v in terms.items()])
+        return self.weighted_sum(terms)
 
     def l2_penalty(self, groups=None):
         """PyTorch-style coupled L2: gradient wd * w, split across replicas since they sum."""
@@ -172,12 +177,9 @@ class OnlineDistiller(keras.Model):
             self.top1[part].update_state(labels, logits)
             if part in self.top5:
                 self.top5[part].update_state(labels, logits)
-        total = 0.0
         for name, values in terms.items():
-            value = ops.mean(values)
-            self.loss_trackers[name].update_state(value)
-            total = total + self.term_weight(name) * value
-        self.loss_trackers["loss"].update_state(total)
+            self.loss_trackers[name].update_state(ops.mean(values))
+        self.loss_trackers["loss"].update_state(self.weighted_sum(terms, reduce=ops.mean))
         return {m.name: m.result() for m in self.metrics}
 
     # ------------------------------------------------------------------ fit hooks

@@ -52,9 +52,11 @@ class DML(OnlineDistiller):
             variables = branch.trainable_variables
             with tf.GradientTape() as tape:
                 outputs = self.forward(images, training=True)
-                ce = tf.nn.compute_average_loss(cross_entropy(outputs["logits"][k], labels))
-                kd = tf.nn.compute_average_loss(self.peer_kl(outputs["logits"], k))
-                loss = ce + self.rampup() * kd + self.l2_penalty([(self.weight_decay, variables)])
+                own_terms = {
+                    f"ce_net{k}": cross_entropy(outputs["logits"][k], labels),
+                    f"kd_net{k}": self.peer_kl(outputs["logits"], k),
+                }
+                loss = self.weighted_sum(own_terms) + self.l2_penalty([(self.weight_decay, variables)])
                 loss = self.optimizer.scale_loss(loss)
             self.apply_scaled_loss(tape, loss, self.optimizer, variables)
         # One optimiser step per mini-batch for the schedule, however many networks were updated.

@@ -39,10 +39,6 @@ class OfflineKD(OnlineDistiller):
         terms.update({f"kd_net{k}": distillation_kl(z, teacher, self.temperature) for k, z in enumerate(outputs["logits"])})
         return terms
 
-    def weight_decay_groups(self):
-        return [(self.weight_decay, [v for b in self.branches for v in b.trainable_variables]
-                 + ([] if self.trunk is None else self.trunk.trainable_variables))]
-
 
 def load_teacher(teacher_dir, part):
     """Rebuilds a finished run from its model_dir and returns ``part`` as images -> logits."""
