@@ -38,7 +38,7 @@ def build_subnetworks(config, num_classes, image_shape):
 
 def build_model(config, num_classes, image_shape):
     """Builds (and calls once, so every variable exists) the method model of a Config."""
-    cls, options, _ = METHODS[config.method]
+    cls, options = METHODS[config.method].cls, METHODS[config.method].options
     trunk, branches = build_subnetworks(config, num_classes, image_shape)
     model = cls(
         branches,
@@ -81,6 +81,58 @@ def compile_model(model, config, steps_per_epoch):
     # Through the model: under mixed_float16 Keras wraps optimisers in a LossScaleOptimizer.
     model.build_optimizers()
     return model
+
+
+def load_run(model_dir, weights="", **overrides):
+    """Rebuilds a run from its model_dir (config.json plus weights) on one device.
+
+    ``overrides`` replace Config fields (``data_dir``, ``test_examples``...).  Returns
+    ``(model, config)``; raises ConfigError for a missing config or unreadable weights.
+    """
+    import dataclasses
+
+    from keras_ffl import run_dir
+    from keras_ffl.config import Config, ConfigError
+
+    config = Config.load(run_dir.path(model_dir, run_dir.CONFIG))
+    local = {"strategy": "default", "cpu_devices": 0, "sync_bn": False, "model_dir": model_dir}
+    config = dataclasses.replace(config, **{**local, **overrides}).validated(check_data=False)
+    weights = weights or run_dir.find_weights(model_dir)
+    spec = config.dataset_spec
+    model = build_model(config, spec.num_classes, spec.image_shape)
+    compile_model(model, config, 1)  # the run's own optimiser, so its saved state loads cleanly
+    try:
+        model.load_weights(weights, skip_mismatch=False)
+    except Exception as e:  # h5py/keras raise several types for corrupt or foreign files
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ConfigError(f"cannot load weights {weights}: {detail}") from None
+    return model, config
+
+
+def part_model(model, config, part, raw_pixels=False):
+    """One part of a method model as ``images -> logits``, for deployment and offline KD.
+
+    ``net{k}`` carries only the trunk and branch k, and ``pretrained{k}`` only that frozen
+    network; ``fused``, ``ensemble`` and ``teacher`` need every sub-network and carry the whole
+    method model.  ``raw_pixels=True`` puts the data pipeline's standardisation in the graph,
+    so the model takes float pixels in [0, 255].
+    """
+    from keras_ffl.config import ConfigError
+    from keras_ffl.data import NORMALIZATION
+    from keras_ffl.layers import Standardize
+
+    if part not in model.part_names:
+        raise ConfigError(f"no part '{part}' in this {config.method} model: choose from {', '.join(model.part_names)}")
+    inputs = keras.Input(config.dataset_spec.image_shape, name="pixels" if raw_pixels else "images")
+    x = Standardize(*NORMALIZATION[config.dataset], name="standardize")(inputs) if raw_pixels else inputs
+    index = "".join(c for c in part if c.isdigit())
+    if part == f"net{index}":
+        logits = model.subnetwork(int(index))(x)
+    elif part == f"pretrained{index}":
+        logits = model.pretrained[int(index)](x)[0]
+    else:
+        logits = model(x)[part]
+    return keras.Model(inputs, logits, name=f"{config.method}_{part}")
 
 
 def build(config, splits=("train", "test")):

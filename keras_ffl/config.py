@@ -66,6 +66,13 @@ class Config:
     # Offline KD.
     teacher_dir: str = ""
     teacher_part: str = "net0"
+    # FFCL.
+    feature_knowledge: bool = True
+    response_knowledge: bool = True
+    regularization_knowledge: bool = True
+    fusion_layer: str = "middle"
+    pretrained_dir: str = ""
+    pretrain_epochs: int = 0
     # Run.
     seed: int = 0
     model_dir: str = ""
@@ -130,13 +137,26 @@ class Config:
             )
         if c.method == "kd":
             check_teacher(c)
+        if c.method == "ffcl":
+            if not (c.feature_knowledge or c.response_knowledge or c.regularization_knowledge):
+                raise ConfigError(
+                    "--method=ffcl with --nofeature_knowledge --noresponse_knowledge --noregularization_knowledge "
+                    "is plain cross-entropy: use --method=vanilla"
+                )
+            if c.fusion != "module":
+                raise ConfigError("--fusion=average is FFL's ablation; FFCL fuses with the module")
+            if c.pretrained_dir and not c.regularization_knowledge:
+                raise ConfigError("--pretrained_dir is only used with --regularization_knowledge")
+        elif c.pretrained_dir:
+            raise ConfigError("--pretrained_dir is only used by --method=ffcl")
         if c.dataset not in specs.DATASETS:
             raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}")
         positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
         for name, value in positive.items():
             if value <= 0:
                 raise ConfigError(f"--{name} must be positive, got {value}")
-        for name in ("train_examples", "test_examples", "steps_per_epoch", "validation_freq", "rampup_epochs", "fusion_channels"):
+        for name in ("train_examples", "test_examples", "steps_per_epoch", "validation_freq", "rampup_epochs",
+                     "fusion_channels", "pretrain_epochs"):
             if getattr(c, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(c, name)}")
         if c.lr <= 0 or c.temperature <= 0:
@@ -161,6 +181,12 @@ class Config:
         if check_data:
             check_data_dir(c.dataset, data_dir or specs.DATASETS[c.dataset].default_data_dir)
         model_dir = c.model_dir or os.path.join("runs", f"{c.method}_{'-'.join(canonical)}_{c.dataset}")
+        pretrained_dir = c.pretrained_dir
+        if c.method == "ffcl" and c.regularization_knowledge:
+            if not pretrained_dir:
+                pretrained_dir = os.path.join(model_dir, PRETRAIN_SUBDIR)
+            elif check_data:
+                check_pretrained(c, canonical, num_branches)
         return dataclasses.replace(
             c,
             backbones=canonical,
@@ -169,7 +195,24 @@ class Config:
             lr_milestones=tuple(int(m) for m in c.lr_milestones),
             feature_lr_milestones=tuple(int(m) for m in c.feature_lr_milestones),
             model_dir=model_dir,
+            pretrained_dir=pretrained_dir,
         )
+
+    def pretraining_config(self):
+        """FFCL's pre-training stage: the same networks, data and schedule trained alone with
+        CE (a vanilla run) into ``pretrained_dir``; None when the method needs none."""
+        if self.method != "ffcl" or not self.regularization_knowledge:
+            return None
+        defaults = Config()
+        ffcl_fields = ("feature_knowledge", "response_knowledge", "regularization_knowledge", "fusion_layer",
+                       "pretrain_epochs", "pretrained_dir")
+        return dataclasses.replace(
+            self,
+            method="vanilla",
+            model_dir=self.pretrained_dir,
+            epochs=self.pretrain_epochs or self.epochs,
+            **{name: getattr(defaults, name) for name in ffcl_fields},
+        ).validated(check_data=False)
 
     # -------------------------------------------------------------- (de)serialise
     def to_dict(self):
@@ -236,6 +279,25 @@ def check_teacher(config):
         raise ConfigError(f"the teacher was trained on {teacher.dataset}, the student on {config.dataset}")
 
 
+#: Where FFCL's pre-training stage runs, inside the FFCL run's model_dir.
+PRETRAIN_SUBDIR = "pretrain"
+
+
+def check_pretrained(config, backbones, num_branches):
+    """A given --pretrained_dir must hold trained networks of the same architectures and data."""
+    pretrained = Config.load(os.path.join(config.pretrained_dir, "config.json")).validated(check_data=False)
+    weights = [os.path.join(config.pretrained_dir, n) for n in ("model.weights.h5", "checkpoints/last.weights.h5")]
+    if not any(os.path.exists(w) for w in weights):
+        raise ConfigError(f"--pretrained_dir {config.pretrained_dir} has no weights yet: train it first")
+    if pretrained.dataset != config.dataset:
+        raise ConfigError(f"--pretrained_dir was trained on {pretrained.dataset}, this run uses {config.dataset}")
+    expected = list(backbones) * num_branches if len(backbones) == 1 else list(backbones)
+    if pretrained.branch_backbones != expected:
+        raise ConfigError(
+            f"--pretrained_dir holds {', '.join(pretrained.branch_backbones)}; the peers are {', '.join(expected)}"
+        )
+
+
 def atomic_write_text(path, text):
     """Write through a temporary file and rename, so a crash never leaves half a file."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -255,6 +317,7 @@ _ENUMS = {
     "fusion": ("module", "average"),
     "dml_update": ("synchronous", "sequential"),
     "afd_mode": ("full", "adversarial", "kd", "l1", "l1_kd"),
+    "fusion_layer": ("middle", "last"),
     "strategy": ("default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
     "jit_compile": ("auto", "true", "false"),
@@ -301,6 +364,17 @@ _HELP = {
     "feature_weight_decay": "AFD PyTorch-style L2 weight decay of the Adam (feature) update.",
     "teacher_dir": "Offline KD: the model_dir of a finished keras_ffl run to use as the frozen teacher.",
     "teacher_part": "Offline KD: which part of the teacher run teaches (net0, net1, fused, ensemble, teacher...).",
+    "feature_knowledge": "FFCL feature knowledge: fuse the peers' feature maps, train the fused classifier, "
+    "distil it into every peer (off: ablation cases C, E, G).",
+    "response_knowledge": "FFCL response knowledge: peers learn from each other's logits, DML-style "
+    "(off: cases B, F, G).",
+    "regularization_knowledge": "FFCL network regularisation: a frozen copy of each peer, pre-trained alone "
+    "with CE, teaches its live twin (off: cases D, E, F).",
+    "fusion_layer": "FFCL: which feature maps are fused: middle (the trunk's output, the paper's "
+    "middle layer) or last (FFL's place).",
+    "pretrained_dir": "FFCL: a finished run (vanilla, same backbones and data) whose net_k teaches peer k "
+    "(default: <model_dir>/pretrain, trained first by the same command when missing).",
+    "pretrain_epochs": "FFCL: epochs of the pre-training stage (0 = --epochs), same schedule otherwise.",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
     "strategy": "tf.distribute strategy.",

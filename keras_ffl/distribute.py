@@ -1,5 +1,7 @@
 """Devices, tf.distribute strategies and precision policies, set up once per process."""
 
+import functools
+
 import tensorflow as tf
 
 
@@ -13,7 +15,11 @@ def configure_devices(cpu_devices):
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cpu_devices)
 
 
+@functools.lru_cache(maxsize=None)
 def make_strategy(name, cpu_devices=0):
+    """One strategy per kind and process: a second MirroredStrategy in the same process reuses
+    collective keys and TF aborts ("Shape mismatch in the collective instance"), and FFCL's
+    pre-training stage runs in the same process as its collaborative stage."""
     if name == "mirrored":
         if cpu_devices > 1 and not tf.config.list_physical_devices("GPU"):
             return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(cpu_devices)])

@@ -6,14 +6,12 @@ The model is rebuilt from model_dir/config.json through the same ``build`` as tr
 then the final weights (or the last per-epoch checkpoint) are loaded.
 """
 
-import dataclasses
 import sys
 
 from absl import flags
 
-from keras_ffl import run_dir
 from keras_ffl.cli import run_main
-from keras_ffl.config import Config, ConfigError, parse_argv
+from keras_ffl.config import ConfigError, parse_argv
 
 
 def define_flags(flag_values):
@@ -28,25 +26,17 @@ def define_flags(flag_values):
 
 def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
     """Returns ``(rows, config, test_size)``."""
-    from keras_ffl.build import build_model, compile_model
+    from keras_ffl.build import load_run
+    from keras_ffl.config import check_data_dir
     from keras_ffl.data import load_data
     from keras_ffl.report import summarize
 
-    config = Config.load(run_dir.path(model_dir, run_dir.CONFIG))
-    overrides = {"strategy": "default", "cpu_devices": 0, "sync_bn": False, "model_dir": model_dir}
-    if data_dir:
-        overrides["data_dir"] = data_dir
+    overrides = {"data_dir": data_dir} if data_dir else {}
     if test_examples >= 0:
         overrides["test_examples"] = test_examples
-    config = dataclasses.replace(config, **overrides).validated()
-    weights = weights or run_dir.find_weights(model_dir)
+    model, config = load_run(model_dir, weights, **overrides)
+    check_data_dir(config.dataset, config.resolved_data_dir)
     data = load_data(config, splits=("test",))
-    model = build_model(config, data.num_classes, data.image_shape)
-    compile_model(model, config, 1)  # the run's own optimiser, so its saved state loads cleanly
-    try:
-        model.load_weights(weights, skip_mismatch=False)
-    except Exception as e:  # h5py/keras raise several types for corrupt or foreign files
-        raise ConfigError(f"cannot load weights {weights}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     metrics = model.evaluate(data.test, return_dict=True, verbose=0)
     return summarize(metrics, model.part_names), config, data.test_size
 

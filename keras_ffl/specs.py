@@ -9,25 +9,29 @@ import dataclasses
 import re
 
 BACKBONE_FORMS = (
-    "resnet<6n+2> (e.g. resnet8, resnet20, resnet32, resnet56, resnet110) "
+    "resnet<6n+2> (CIFAR ResNet: resnet8, resnet20, resnet32, resnet56, resnet110), "
+    "resnet18 / resnet34 (4-stage BasicBlock ResNet), "
     "or wrn<6n+4>_<k> (e.g. wrn16_2, wrn28_10)"
 )
+
+#: Depths of the four-stage ResNet (He et al.): blocks per stage.
+RESNET4_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    family: str  # "resnet" or "wrn"
+    family: str  # "resnet" (CIFAR, 3 stages), "resnet4" (ResNet-18/34, 4 stages) or "wrn"
     depth: int
     width: int = 1
 
     @property
     def name(self):
-        return f"resnet{self.depth}" if self.family == "resnet" else f"wrn{self.depth}_{self.width}"
+        return f"wrn{self.depth}_{self.width}" if self.family == "wrn" else f"resnet{self.depth}"
 
     @property
     def feature_channels(self):
         """Channels of the last feature map (what the fusion module concatenates)."""
-        return 64 * self.width
+        return 512 if self.family == "resnet4" else 64 * self.width
 
 
 def parse_backbone(name):
@@ -36,9 +40,11 @@ def parse_backbone(name):
     match = re.fullmatch(r"resnet(\d+)", text)
     if match:
         depth = int(match[1])
+        if depth in RESNET4_BLOCKS:
+            return BackboneSpec("resnet4", depth)
         if depth >= 8 and (depth - 2) % 6 == 0:
             return BackboneSpec("resnet", depth)
-        raise ValueError(f"backbone '{name}': CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, 110...)")
+        raise ValueError(f"backbone '{name}': CIFAR ResNet depth must be 6n+2 (8, 14, 20, 32, 56, 110...), or 18 / 34")
     match = re.fullmatch(r"wrn(\d+)[_-](\d+)", text)
     if match:
         depth, width = int(match[1]), int(match[2])
@@ -61,6 +67,7 @@ METHODS = {
     "dml": MethodSpec(topologies=("independent",)),
     "one": MethodSpec(topologies=("shared",), same_architecture=True),
     "afd": MethodSpec(topologies=("independent",)),
+    "ffcl": MethodSpec(topologies=("independent",)),
     "vanilla": MethodSpec(topologies=("independent",), min_branches=1),
     "kd": MethodSpec(topologies=("independent",), min_branches=1, default_branches=1),
 }
@@ -91,3 +98,10 @@ FASHION_MNIST_FILES = (
     "t10k-images-idx3-ubyte.gz",
     "t10k-labels-idx1-ubyte.gz",
 )
+
+#: Class names where the dataset has standard ones (exports write them into metadata.json).
+CLASS_NAMES = {
+    "fashion_mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                      "Ankle boot"),
+    "cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+}

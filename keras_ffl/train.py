@@ -23,14 +23,32 @@ def parse_config(argv):
     return config
 
 
+def run_pretraining(config, extra_callbacks=()):
+    """FFCL's first stage: trains the peers alone into ``pretrained_dir`` unless a finished
+    run is already there (so rerunning an interrupted FFCL command skips or resumes it)."""
+    import os
+
+    stage = config.pretraining_config()
+    if stage is None or os.path.exists(run_dir.path(stage.model_dir, run_dir.REPORT)):
+        return
+    run_dir.claim(stage)
+    print(f"Pre-training stage: each peer alone with cross-entropy, into {stage.model_dir}", flush=True)
+    train(stage, extra_callbacks)
+    print("Pre-training stage done; collaborative training starts", flush=True)
+
+
 def train(config, extra_callbacks=()):
-    """Runs a validated Config to completion; returns the report dict."""
+    """Runs a validated Config to completion (and FFCL's pre-training stage first);
+    returns the report dict."""
     import keras
 
     from keras_ffl.build import build
     from keras_ffl.callbacks import AtomicCheckpoint, EpochVariable, Throughput, save_weights_atomically
     from keras_ffl.distribute import configure_devices, is_chief, make_strategy
+    from keras_ffl.methods import METHODS
     from keras_ffl.report import format_table, summarize, write_report
+
+    run_pretraining(config, extra_callbacks)
 
     configure_devices(config.cpu_devices)
     if config.mixed_precision != "none":
@@ -41,6 +59,9 @@ def train(config, extra_callbacks=()):
 
     with strategy.scope():
         model, data = build(config)
+    warm_start = METHODS[config.method].warm_start
+    if warm_start:
+        warm_start(model, config)
     resuming = run_dir.claim(config)
     if chief:
         config.save(run_dir.path(config.model_dir, run_dir.CONFIG))

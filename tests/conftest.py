@@ -25,7 +25,7 @@ def _reset_keras_state():
     keras.backend.clear_session()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def fashion_mnist_dir():
     if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
         pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (the README's setup does it)")

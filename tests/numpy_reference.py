@@ -95,3 +95,22 @@ def afd_terms(logits, labels, temperature, d_fake, d_real, maps=None, mode="full
     if mode in ("l1", "l1_kd"):
         terms.update({f"l1_net{i}": float(np.mean(np.abs(maps[i] - maps[peer[i]]))) for i in range(k)})
     return terms
+
+
+def ffcl_terms(logits, fused, pretrained, labels, temperature, fk=True, rk=True, nrk=True, ensemble_kd=True):
+    """FFCL (METHODS.md reading): CE per peer; FK from the fused classifier (which learns CE
+    and, with ensemble_kd, from the ensemble); RK averaged over peers; NRK from each frozen copy."""
+    k = len(logits)
+    terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
+    if fk:
+        terms["ce_fused"] = cross_entropy(fused, labels)
+        if ensemble_kd:
+            terms["kd_fused"] = distillation_kl(fused, np.mean(np.stack(logits), axis=0), temperature)
+        terms.update({f"kd_fk_net{i}": distillation_kl(z, fused, temperature) for i, z in enumerate(logits)})
+    if rk:
+        for i in range(k):
+            terms[f"kd_rk_net{i}"] = sum(
+                distillation_kl(logits[i], logits[j], temperature) for j in range(k) if j != i) / (k - 1)
+    if nrk:
+        terms.update({f"kd_nrk_net{i}": distillation_kl(z, pretrained[i], temperature) for i, z in enumerate(logits)})
+    return terms

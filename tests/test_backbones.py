@@ -20,6 +20,21 @@ def test_parameter_counts_match_literature_at_100_classes(name, millions):
     assert round(trainable_params(model) / 1e6, 2) == millions
 
 
+@pytest.mark.parametrize(
+    "name,shape,classes,expected",
+    # torchvision's ResNet-18/34 (ImageNet stem) and the CIFAR adaptation (3x3 stem, no max-pool).
+    [("resnet18", (32, 32, 3), 100, 11_220_132), ("resnet34", (32, 32, 3), 100, 21_328_292),
+     ("resnet18", (224, 224, 3), 1000, 11_689_512)],
+)
+def test_four_stage_resnet_parameter_counts(name, shape, classes, expected):
+    model = get_backbone(name).build_network(shape, classes, "net")
+    assert trainable_params(model) == expected
+    stem = model.get_layer("stem_conv").kernel.shape
+    assert stem[:2] == ((7, 7) if shape[0] == 224 else (3, 3))
+    assert model.get_layer("middle").output.shape[1:] == (shape[0] // (16 if shape[0] == 224 else 4),) * 2 + (256,)
+    assert model.outputs[1].shape[-1] == parse_backbone(name).feature_channels == 512
+
+
 def test_wrn_28_10_parameter_count():
     model = get_backbone("wrn28_10").build_network((32, 32, 3), 100, "net")
     assert trainable_params(model) / 1e6 == pytest.approx(36.5, abs=0.1)

@@ -41,6 +41,8 @@ def run_cli(module, *args, timeout=600):
         (["--backbones=resnet32,wrn16_2", "--num_branches=3"], "--num_branches=3 but --backbones lists 2"),
         (["--flagfile=/nonexistent.flags"], "nonexistent.flags"),
         (["--method=nope"], "method"),
+        (["--method=ffcl", "--nofeature_knowledge", "--noresponse_knowledge", "--noregularization_knowledge"],
+         "use --method=vanilla"),
         (["--lr_milestones=200,100"], "increasing"),
         (["--epochs=0"], "--epochs must be positive"),
     ],

@@ -5,6 +5,8 @@ import os
 
 import pytest
 
+from keras_ffl.specs import METHODS as METHOD_SPECS
+
 from conftest import REPO
 from keras_ffl.config import Config, ConfigError, config_from_flags, parse_argv
 
@@ -23,8 +25,9 @@ def test_zoo_has_the_issue_flagfiles():
     names = {os.path.basename(p) for p in FLAGFILES}
     assert {"res32_cifar100.flags", "wrn16-2_cifar100.flags", "res32_wrn16-2_cifar100.flags",
             "quickstart_fashion_mnist.flags", "dml_res32_cifar100.flags", "one_res32_cifar100.flags",
-            "vanilla_res32_cifar100.flags", "afd_res32_cifar100.flags", "afd_wrn16-2_wrn28-2_cifar100.flags"} <= names
-    for method in ("dml", "one", "vanilla", "afd", "kd"):
+            "vanilla_res32_cifar100.flags", "afd_res32_cifar100.flags", "afd_wrn16-2_wrn28-2_cifar100.flags",
+            "ffcl_res18_cifar100.flags"} <= names
+    for method in ("dml", "one", "vanilla", "afd", "ffcl", "kd"):
         assert f"quickstart_{method}_fashion_mnist.flags" in names
 
 
@@ -38,7 +41,7 @@ def test_every_flagfile_validates(path, monkeypatch):
             load(path)
         return
     config = load(path)
-    assert config.num_branches >= (1 if config.method == "vanilla" else 2) and config.model_dir
+    assert config.num_branches >= METHOD_SPECS[config.method].min_branches and config.model_dir
 
 
 def test_res32_flagfile_is_the_ffl_paper_schedule():
@@ -47,6 +50,18 @@ def test_res32_flagfile_is_the_ffl_paper_schedule():
     assert (c.epochs, c.lr, c.lr_milestones, c.lr_gamma, c.momentum, c.nesterov) == (300, 0.1, (150, 225), 0.1, 0.9, True)
     assert (c.batch_size, c.eval_batch_size, c.temperature, c.rampup_epochs) == (128, 100, 3.0, 80)
     assert (c.weight_decay, c.fusion_weight_decay) == (1e-4, 1e-5)
+
+
+def test_ffcl_flagfile_is_the_paper_setting_with_its_pretraining_stage():
+    c = load(os.path.join(REPO, "zoo", "ffcl_res18_cifar100.flags"))
+    assert (c.method, c.backbones, c.num_branches, c.topology) == ("ffcl", ("resnet18",), 2, "independent")
+    assert (c.epochs, c.lr_milestones, c.momentum, c.nesterov, c.weight_decay, c.temperature) == (
+        200, (60, 120, 160), 0.9, False, 5e-4, 1.0)
+    assert c.feature_knowledge and c.response_knowledge and c.regularization_knowledge
+    assert c.pretrained_dir == os.path.join(c.model_dir, "pretrain")
+    stage = c.pretraining_config()
+    assert (stage.method, stage.epochs, stage.model_dir, stage.pretrained_dir) == ("vanilla", 200, c.pretrained_dir, "")
+    assert stage.branch_backbones == c.branch_backbones and stage.lr_milestones == c.lr_milestones
 
 
 def test_heterogeneous_flagfile_resolves_to_independent_networks():

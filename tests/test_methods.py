@@ -202,5 +202,5 @@ def test_offline_kd_refuses_bad_teachers(trained_teacher, tmp_path):
         tiny_config(method="kd", teacher_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="trained on synthetic, the student on fashion_mnist"):
         tiny_config(method="kd", teacher_dir=trained_teacher, dataset="fashion_mnist")
-    with pytest.raises(ConfigError, match="the teacher run has net0, net1, ensemble, fused"):
+    with pytest.raises(ConfigError, match="teacher_part=teacher: .*choose from net0, net1, ensemble, fused"):
         model_for(tiny_config(method="kd", teacher_dir=trained_teacher, teacher_part="teacher", num_branches=0))

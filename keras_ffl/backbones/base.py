@@ -6,6 +6,10 @@ A backbone knows nothing of distillation.  It builds three kinds of functional m
 * ``build_trunk``: the part that branches share (stem and early stages), image -> features;
 * ``build_head``: the duplicable last part, trunk features -> [logits, last feature map].
 
+In a whole network the trunk's output passes through an identity layer named
+``MIDDLE_LAYER``: the middle-layer feature map FFCL fuses, found without knowing the
+architecture.
+
 Every layer gets a deterministic name so that weights saved in one process load in
 another regardless of how many layers were created before.
 """
@@ -53,6 +57,10 @@ def dense_classifier(num_classes, fan_in, name, zero_bias=False):
     )
 
 
+#: Name of the identity layer on the trunk/head boundary of a whole network.
+MIDDLE_LAYER = "middle"
+
+
 class Backbone:
     """Base class: subclasses implement ``block``, ``trunk_layers`` and ``head_layers``."""
 
@@ -68,9 +76,9 @@ class Backbone:
     def block(self, x, filters, strides, prefix):
         raise NotImplementedError
 
-    def stage(self, x, index, filters, strides):
-        """``blocks_per_stage`` blocks; the first one carries the stride."""
-        for b in range(self.blocks_per_stage):
+    def stage(self, x, index, filters, strides, blocks=None):
+        """``blocks`` (default ``blocks_per_stage``) blocks; the first one carries the stride."""
+        for b in range(blocks or self.blocks_per_stage):
             x = self.block(x, filters, strides if b == 0 else 1, f"stage{index}_block{b}")
         return x
 
@@ -83,7 +91,8 @@ class Backbone:
 
     def build_network(self, input_shape, num_classes, name):
         inputs = keras.Input(shape=input_shape, name="images")
-        logits, features = self.head_layers(self.trunk_layers(inputs), num_classes)
+        middle = layers.Identity(name=MIDDLE_LAYER)(self.trunk_layers(inputs))
+        logits, features = self.head_layers(middle, num_classes)
         return keras.Model(inputs, [logits, features], name=name)
 
     def build_trunk(self, input_shape, name="trunk"):

@@ -13,14 +13,8 @@ from keras import layers
 from keras_ffl.backbones.base import Backbone, conv, dense_classifier
 
 
-class CifarResNet(Backbone):
-    def __init__(self, depth, sync_bn=False):
-        super().__init__(sync_bn)
-        if depth < 8 or (depth - 2) % 6:
-            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110...), got {depth}")
-        self.depth = depth
-        self.blocks_per_stage = (depth - 2) // 6
-        self.name = f"resnet{depth}"
+class PostActivationResNet(Backbone):
+    """The BasicBlock both ResNet families share (PyTorch torchvision / FFL code layout)."""
 
     def block(self, x, filters, strides, prefix):
         shortcut = x
@@ -35,6 +29,19 @@ class CifarResNet(Backbone):
         y = layers.Add(name=f"{prefix}_add")([y, shortcut])
         return layers.ReLU(name=f"{prefix}_out")(y)
 
+    def classify(self, features, num_classes):
+        pooled = layers.GlobalAveragePooling2D(name="pool")(features)
+        return dense_classifier(num_classes, features.shape[-1], name="classifier")(pooled)
+
+
+class CifarResNet(PostActivationResNet):
+    def __init__(self, depth, sync_bn=False):
+        super().__init__(sync_bn)
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 with n >= 1 (8, 14, 20, 32, 56, 110...), got {depth}")
+        self.depth = depth
+        self.blocks_per_stage = (depth - 2) // 6
+        self.name = f"resnet{depth}"
 
     def trunk_layers(self, x):
         x = conv(16, 3, 1, name="stem_conv")(x)
@@ -45,9 +52,7 @@ class CifarResNet(Backbone):
 
     def head_layers(self, x, num_classes):
         features = self.stage(x, 3, 64, 2)
-        pooled = layers.GlobalAveragePooling2D(name="pool")(features)
-        logits = dense_classifier(num_classes, features.shape[-1], name="classifier")(pooled)
-        return logits, features
+        return self.classify(features, num_classes), features
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth}

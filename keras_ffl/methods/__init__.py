@@ -6,14 +6,17 @@ import collections
 from keras_ffl.methods.afd import AFD, afd_feature_optimizer, afd_options
 from keras_ffl.methods.base import OnlineDistiller
 from keras_ffl.methods.dml import DML, dml_options
+from keras_ffl.methods.ffcl import FFCL, ffcl_options, ffcl_warm_start
 from keras_ffl.methods.ffl import FFL, ffl_options
 from keras_ffl.methods.kd import OfflineKD, kd_options
 from keras_ffl.methods.one import ONE, one_options
 from keras_ffl.methods.vanilla import Vanilla, vanilla_options
 
 #: ``cls``: the model class; ``options(config)``: its own keyword arguments;
-#: ``compile_extras(config, steps_per_epoch)``: extra ``compile`` arguments (other optimisers).
-Method = collections.namedtuple("Method", ["cls", "options", "compile_extras"], defaults=[None])
+#: ``compile_extras(config, steps_per_epoch)``: extra ``compile`` arguments (other optimisers);
+#: ``warm_start(model, config)``: what training loads before its first step (FFCL's frozen
+#: pre-trained copies); evaluation, zoo and export get everything from the run's weights.
+Method = collections.namedtuple("Method", ["cls", "options", "compile_extras", "warm_start"], defaults=[None, None])
 
 
 def _afd_extras(config, steps_per_epoch):
@@ -27,8 +30,9 @@ METHODS = {
     "dml": Method(DML, dml_options),
     "one": Method(ONE, one_options),
     "afd": Method(AFD, afd_options, _afd_extras),
+    "ffcl": Method(FFCL, ffcl_options, warm_start=ffcl_warm_start),
     "vanilla": Method(Vanilla, vanilla_options),
     "kd": Method(OfflineKD, kd_options),
 }
 
-__all__ = ["OnlineDistiller", "FFL", "DML", "ONE", "AFD", "Vanilla", "OfflineKD", "METHODS", "Method"]
+__all__ = ["OnlineDistiller", "FFL", "DML", "ONE", "AFD", "FFCL", "Vanilla", "OfflineKD", "METHODS", "Method"]

@@ -88,6 +88,12 @@ class OnlineDistiller(keras.Model):
         """Creates the optimiser's variables now (see ``keras_ffl.build.compile_model``)."""
         self.optimizer.build(self.trainable_variables)
 
+    def forward_branches(self):
+        """The models ``forward`` runs: ``branches`` by default.  A method that needs more of a
+        network (FFCL's middle layer) returns models sharing the branches' layers whose extra
+        outputs land in ``outputs["taps"]``."""
+        return self.branches
+
     def weight_decay_groups(self):
         """``[(decay, variables), ...]``; by default every trainable variable decays alike."""
         return [(self.weight_decay, self.trainable_variables)]
@@ -96,16 +102,18 @@ class OnlineDistiller(keras.Model):
     def forward(self, images, training=False):
         """Everything a loss may need: per-net logits and feature maps, ensemble, teachers."""
         shared = self.trunk(images, training=training) if self.trunk is not None else images
-        logits, features = [], []
-        for branch in self.branches:
-            z, f = branch(shared, training=training)
+        logits, features, taps = [], [], []
+        for branch in self.forward_branches():
+            z, f, *extra = branch(shared, training=training)
             logits.append(ops.cast(z, "float32"))
             features.append(f)
+            taps.append(extra)
         outputs = {
             "images": images,
             "shared": shared,
             "logits": logits,
             "features": features,
+            "taps": taps,
             "ensemble": ops.mean(ops.stack(logits, axis=0), axis=0),
         }
         outputs["teachers"] = {k: ops.cast(v, "float32") for k, v in self.build_teachers(outputs, training).items()}

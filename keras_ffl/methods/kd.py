@@ -42,25 +42,14 @@ class OfflineKD(OnlineDistiller):
 
 def load_teacher(teacher_dir, part):
     """Rebuilds a finished run from its model_dir and returns ``part`` as images -> logits."""
-    import keras
+    from keras_ffl.build import load_run, part_model
+    from keras_ffl.errors import ConfigError
 
-    from keras_ffl import run_dir
-    from keras_ffl.build import build_model, compile_model
-    from keras_ffl.config import Config
-
-    config = Config.load(run_dir.path(teacher_dir, run_dir.CONFIG)).validated(check_data=False)
-    spec = config.dataset_spec
-    model = build_model(config, spec.num_classes, spec.image_shape)
-    compile_model(model, config, 1)  # its own optimiser, so the saved state loads cleanly
-    model.load_weights(run_dir.find_weights(teacher_dir))
-    if part not in model.part_names:
-        from keras_ffl.errors import ConfigError
-
-        raise ConfigError(f"--teacher_part={part}: the teacher run has {', '.join(model.part_names)}")
-    if part.startswith("net") and part[3:].isdigit():
-        return model.subnetwork(int(part[3:]))
-    inputs = keras.Input(spec.image_shape)
-    return keras.Model(inputs, model(inputs)[part], name=f"teacher_{part}")
+    model, config = load_run(teacher_dir)
+    try:
+        return part_model(model, config, part)
+    except ConfigError as e:
+        raise ConfigError(f"--teacher_part={part}: {e}") from None
 
 
 def kd_options(config):

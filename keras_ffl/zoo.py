@@ -1,0 +1,361 @@
+"""Pretrained models by name: list, download (sha256-checked, cached), load, evaluate, publish.
+
+    python -m keras_ffl.zoo list
+    python -m keras_ffl.zoo download --name=ffl_resnet8x2_fashion_mnist
+    python -m keras_ffl.zoo evaluate --name=ffl_resnet8x2_fashion_mnist
+    python -m keras_ffl.zoo publish --model_dir=runs/quickstart_ffl --name=... --flagfile=zoo/...
+
+The manifest (``zoo/manifest.json``) is data: one entry per model with its recipe (flagfile
+and full config), the parts it can give, preprocessing, the weights' URL, sha256 and size,
+and the metrics measured when it was published.  Weight URLs are relative to a base URL:
+``--base_url``, else ``$KERAS_FFL_ZOO_URL``, else the manifest's ``base_url`` (relative to the
+manifest's folder, so a clone serves its own committed weights).  Files are cached under
+``$KERAS_FFL_CACHE`` (default ``~/.keras/keras_ffl_zoo``), fetched through
+``keras.utils.get_file`` with their sha256, and used offline once cached.  A download that
+fails, is truncated or has the wrong hash is deleted before the error is raised.
+"""
+
+import hashlib
+import json
+import os
+import sys
+import urllib.parse
+import urllib.request
+
+from absl import flags
+
+from keras_ffl.cli import run_main
+from keras_ffl.config import Config, ConfigError, atomic_write_text, parse_argv
+
+REPO_ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo")
+DEFAULT_MANIFEST = os.path.join(REPO_ZOO, "manifest.json")
+ENV_BASE_URL = "KERAS_FFL_ZOO_URL"
+ENV_CACHE = "KERAS_FFL_CACHE"
+MANIFEST_FORMAT = 1
+
+
+class ZooError(ConfigError):
+    """A zoo request that cannot be served: unknown name, no weights, failed or bad download."""
+
+
+# ---------------------------------------------------------------------- manifest
+def load_manifest(path=None):
+    path = path or DEFAULT_MANIFEST
+    try:
+        with open(path) as f:
+            manifest = json.load(f)
+    except FileNotFoundError:
+        raise ZooError(f"no zoo manifest at {path}") from None
+    except json.JSONDecodeError as e:
+        raise ZooError(f"zoo manifest {path} is not valid JSON ({e})") from None
+    if manifest.get("format") != MANIFEST_FORMAT or not isinstance(manifest.get("models"), dict):
+        raise ZooError(f"zoo manifest {path} is not a keras_ffl manifest (format {MANIFEST_FORMAT})")
+    manifest["_path"] = os.path.abspath(path)
+    return manifest
+
+
+def get_entry(name, manifest):
+    if name not in manifest["models"]:
+        raise ZooError(f"no model '{name}' in the zoo: choose from {', '.join(sorted(manifest['models']))}")
+    return manifest["models"][name]
+
+
+def entry_config(entry):
+    return Config.from_dict(entry["config"]).validated(check_data=False)
+
+
+def resolve_base_url(manifest, base_url=None):
+    base = base_url or os.environ.get(ENV_BASE_URL) or manifest.get("base_url", "")
+    if not urllib.parse.urlsplit(base).scheme:  # a path: relative to the manifest's folder
+        folder = os.path.join(os.path.dirname(manifest["_path"]), base)
+        base = "file://" + urllib.request.pathname2url(os.path.abspath(folder))
+    return base if base.endswith("/") else base + "/"
+
+
+def cache_dir(override=None):
+    return override or os.environ.get(ENV_CACHE) or os.path.join(os.path.expanduser("~"), ".keras", "keras_ffl_zoo")
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------- download
+def download(name, manifest=None, base_url=None, cache=None):
+    """Returns the local path of ``name``'s weights, downloading and checking them if needed."""
+    import keras
+
+    manifest = manifest or load_manifest()
+    entry = get_entry(name, manifest)
+    weights = entry.get("weights")
+    if not weights:
+        raise ZooError(f"'{name}' has no published weights yet: train it with --flagfile={entry.get('flagfile')}")
+    folder = cache_dir(cache)
+    os.makedirs(folder, exist_ok=True)
+    final = os.path.join(folder, os.path.basename(weights["url"]))
+    if os.path.exists(final):
+        if os.path.getsize(final) == weights["size"] and sha256_of(final) == weights["sha256"]:
+            return final
+        os.remove(final)  # stale or tampered: never used, fetched again below
+    url = urllib.parse.urljoin(resolve_base_url(manifest, base_url), weights["url"])
+    partial = f"{os.path.basename(final)}.partial{os.getpid()}"
+    partial_path = os.path.join(folder, partial)
+    try:
+        keras.utils.get_file(
+            fname=partial,
+            origin=url,
+            file_hash=weights["sha256"],
+            hash_algorithm="sha256",
+            cache_dir=folder,
+            cache_subdir=".",
+            force_download=True,
+        )
+    except BaseException as e:
+        size = os.path.getsize(partial_path) if os.path.exists(partial_path) else None
+        if os.path.exists(partial_path):
+            os.remove(partial_path)
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        if size is not None and size != weights["size"]:
+            raise ZooError(f"download of {url} is truncated or padded: {size} bytes, expected {weights['size']}") from None
+        message = str(e).lower()
+        if isinstance(e, ValueError) and ("hash" in message or "corrupted" in message):
+            raise ZooError(f"download of {url} does not match its sha256 {weights['sha256'][:12]}...: refused") from None
+        raise ZooError(f"cannot download {url}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    os.replace(partial_path, final)
+    return final
+
+
+# -------------------------------------------------------------------------- load
+def load_method_model(name, manifest=None, base_url=None, cache=None):
+    """The whole method model of ``name`` (every part), weights loaded; returns ``(model, config)``."""
+    from keras_ffl.build import build_model
+
+    manifest = manifest or load_manifest()
+    entry = get_entry(name, manifest)
+    path = download(name, manifest, base_url, cache)
+    config = entry_config(entry)
+    spec = config.dataset_spec
+    model = build_model(config, spec.num_classes, spec.image_shape)
+    try:
+        model.load_weights(path)
+    except Exception as e:
+        raise ZooError(f"weights of '{name}' do not fit its config: {str(e).splitlines()[0]}") from None
+    return model, config
+
+
+def load(name, part=None, raw_pixels=False, manifest=None, base_url=None, cache=None):
+    """A ready ``keras.Model`` for one part of zoo model ``name`` (default: its first listed
+    part): standardised images -> logits, or raw [0, 255] pixels with ``raw_pixels=True``."""
+    from keras_ffl.build import part_model
+
+    manifest = manifest or load_manifest()
+    entry = get_entry(name, manifest)
+    part = part or entry["parts"][0]
+    model, config = load_method_model(name, manifest, base_url, cache)
+    return part_model(model, config, part, raw_pixels=raw_pixels)
+
+
+def evaluate(name, part=None, data_dir="", manifest=None, base_url=None, cache=None):
+    """Evaluates every part on the entry's test split; returns ``(rows, entry, test_size)``."""
+    import dataclasses
+
+    from keras_ffl.build import compile_model
+    from keras_ffl.config import check_data_dir
+    from keras_ffl.data import load_data
+    from keras_ffl.report import summarize
+
+    manifest = manifest or load_manifest()
+    entry = get_entry(name, manifest)
+    model, config = load_method_model(name, manifest, base_url, cache)
+    config = dataclasses.replace(config, data_dir=data_dir or config.data_dir)
+    check_data_dir(config.dataset, config.resolved_data_dir)
+    compile_model(model, config, 1)
+    data = load_data(config, splits=("test",))
+    metrics = model.evaluate(data.test, return_dict=True, verbose=0)
+    return summarize(metrics, model.part_names), entry, data.test_size
+
+
+# ----------------------------------------------------------------------- publish
+def publish(model_dir, name, flagfile="", description="", manifest_path=None, weights_dir=None):
+    """Packages a finished run: inference-only weights (no optimiser state) into the zoo's
+    weights folder and an entry with their sha256, size and the run's measured metrics."""
+    from keras_ffl import run_dir
+    from keras_ffl.build import build_model, load_run
+    from keras_ffl.callbacks import save_weights_atomically
+
+    manifest_path = manifest_path or DEFAULT_MANIFEST
+    manifest = load_manifest(manifest_path) if os.path.exists(manifest_path) else {
+        "format": MANIFEST_FORMAT, "base_url": "", "models": {}, "_path": os.path.abspath(manifest_path)}
+    if Config.load(run_dir.path(model_dir, run_dir.CONFIG)).method == "kd":
+        raise ZooError("offline KD runs rebuild through their teacher run: export the student with "
+                       "'python -m keras_ffl.export --model_dir=...' instead")
+    report_path = run_dir.path(model_dir, run_dir.REPORT)
+    if not os.path.exists(report_path):
+        raise ZooError(f"{model_dir} has no report.json: only finished runs can be published")
+    with open(report_path) as f:
+        report = json.load(f)
+    trained, config = load_run(model_dir)
+    spec = config.dataset_spec
+    inference = build_model(config, spec.num_classes, spec.image_shape)  # uncompiled: no optimiser state
+    inference.set_weights(trained.get_weights())
+    # Weights sit beside the manifest, so a clone (or a mirror of the zoo folder) serves them.
+    zoo_folder = os.path.dirname(manifest["_path"])
+    weights_dir = weights_dir or os.path.join(zoo_folder, "weights")
+    filename = f"{name}.weights.h5"
+    path = os.path.join(weights_dir, filename)
+    save_weights_atomically(inference, path)
+    metrics = {
+        "top1": {row: round(v["top1"], 2) for row, v in report["results"].items()},
+        "test_examples": report["test_examples"],
+        "how": f"keras_ffl.train's final evaluation of this run on the first {report['test_examples']} "
+        f"{config.dataset} test images (single run, seed {config.seed}); "
+        f"'python -m keras_ffl.zoo evaluate --name={name}' recomputes it",
+    }
+    weights = {"url": os.path.relpath(path, zoo_folder).replace(os.sep, "/"), "sha256": sha256_of(path),
+               "size": os.path.getsize(path)}
+    manifest["models"][name] = make_entry(inference, config, flagfile, description, weights, metrics)
+    write_manifest(manifest)
+    return manifest["models"][name]
+
+
+def add_recipe(name, flagfile, description="", manifest_path=None):
+    """An entry with no weights yet: the recipe (flagfile and config) and the model's parts."""
+    from keras_ffl.build import build_model
+    from keras_ffl.config import config_from_flags
+
+    manifest = load_manifest(manifest_path)
+    config = config_from_flags(parse_argv(["zoo", f"--flagfile={flagfile}"])).validated(check_data=False)
+    spec = config.dataset_spec
+    model = build_model(config, spec.num_classes, spec.image_shape)
+    metrics = {"note": "no published weights yet: train with the flagfile, then publish the run"}
+    manifest["models"][name] = make_entry(model, config, flagfile, description, None, metrics)
+    write_manifest(manifest)
+    return manifest["models"][name]
+
+
+def make_entry(model, config, flagfile, description, weights, metrics):
+    from keras_ffl.data import NORMALIZATION
+
+    spec = config.dataset_spec
+    return {
+        "description": description or f"{config.method.upper()} {'/'.join(config.branch_backbones)} on {config.dataset}",
+        "method": config.method,
+        "backbones": config.branch_backbones,
+        "flagfile": flagfile,
+        "dataset": config.dataset,
+        "num_classes": spec.num_classes,
+        "image_shape": list(spec.image_shape),
+        "preprocessing": preprocessing_record(*NORMALIZATION[config.dataset]),
+        "parts": list(model.part_names),
+        "parameters": {p: count_part_parameters(model, config, p) for p in model.part_names},
+        "weights": weights,
+        "metrics": metrics,
+        "config": {**config.to_dict(), "model_dir": "", "pretrained_dir": ""},
+    }
+
+
+def preprocessing_record(mean, std):
+    return {
+        "input": "float32 pixels in [0, 255], NHWC",
+        "formula": "(pixels / 255 - mean) / std, per channel",
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def count_part_parameters(model, config, part):
+    from keras_ffl.build import part_model
+
+    return int(part_model(model, config, part).count_params())
+
+
+def write_manifest(manifest):
+    data = {k: v for k, v in manifest.items() if k != "_path"}
+    atomic_write_text(manifest["_path"], json.dumps(data, indent=2) + "\n")
+
+
+# --------------------------------------------------------------------------- CLI
+COMMANDS = ("list", "download", "evaluate", "publish", "recipe")
+
+
+def define_flags(flag_values):
+    flags.DEFINE_string("name", "", "Zoo model name (see 'list').", flag_values=flag_values)
+    flags.DEFINE_string("part", "", "Part to load (net0, net1, fused, ensemble...; default: all for evaluate).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("base_url", "", f"Where weight files are served from (default ${ENV_BASE_URL}, else the "
+                        "manifest's base_url).", flag_values=flag_values)
+    flags.DEFINE_string("cache_dir", "", f"Download cache (default ${ENV_CACHE} or ~/.keras/keras_ffl_zoo).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("manifest", "", "Manifest file (default zoo/manifest.json).", flag_values=flag_values)
+    flags.DEFINE_string("data_dir", "", "evaluate: data location override.", flag_values=flag_values)
+    flags.DEFINE_string("model_dir", "", "publish: the finished run to package.", flag_values=flag_values)
+    flags.DEFINE_string("flagfile_recipe", "", "publish: the flagfile that trained it (recorded in the entry).",
+                        flag_values=flag_values)
+    flags.DEFINE_string("description", "", "publish: one line describing the model.", flag_values=flag_values)
+
+
+def main(argv=None):
+    argv = list(sys.argv if argv is None else argv)
+
+    def body():
+        from keras_ffl.errors import HelpRequested
+
+        command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+        rest = [argv[0]] + argv[2 if command else 1:]
+        usage = f"usage: python -m keras_ffl.zoo {{{','.join(COMMANDS)}}} [--flag=value ...]"
+        try:
+            fv = parse_argv(rest, define=define_flags)
+        except HelpRequested as e:
+            raise HelpRequested(usage + "\n\n" + str(e).split("\n", 2)[-1]) from None
+        if command not in COMMANDS:
+            raise ConfigError(f"{usage} (got '{command or 'nothing'}')")
+        manifest = load_manifest(fv.manifest or None) if command not in ("publish", "recipe") else None
+        if command == "list":
+            print("| name | method | networks | dataset | parts | weights | published top-1 (%) |")
+            print("|---|---|---|---|---|---|---|")
+            for name, e in sorted(manifest["models"].items()):
+                top1 = ", ".join(f"{p} {v:.2f}" for p, v in e.get("metrics", {}).get("top1", {}).items())
+                size = f"{e['weights']['size'] / 1e6:.2f} MB" if e.get("weights") else "not yet (recipe only)"
+                print(f"| {name} | {e['method']} | {' + '.join(e['backbones'])} | {e['dataset']} | "
+                      f"{', '.join(e['parts'])} | {size} | {top1 or '-'} |")
+            return 0
+        if command == "publish":
+            if not fv.model_dir or not fv.name:
+                raise ConfigError("publish needs --model_dir and --name")
+            entry = publish(fv.model_dir, fv.name, fv.flagfile_recipe, fv.description, fv.manifest or None)
+            print(f"published {fv.name}: {entry['weights']['url']} ({entry['weights']['size']:,} bytes, "
+                  f"sha256 {entry['weights']['sha256']})")
+            return 0
+        if command == "recipe":
+            if not fv.flagfile_recipe or not fv.name:
+                raise ConfigError("recipe needs --name and --flagfile_recipe")
+            add_recipe(fv.name, fv.flagfile_recipe, fv.description, fv.manifest or None)
+            print(f"added recipe {fv.name} ({fv.flagfile_recipe}), no weights yet")
+            return 0
+        if not fv.name:
+            raise ConfigError(f"{command} needs --name (see 'python -m keras_ffl.zoo list')")
+        if command == "download":
+            print(download(fv.name, manifest, fv.base_url or None, fv.cache_dir or None))
+            return 0
+        from keras_ffl.report import format_table
+
+        download(fv.name, manifest, fv.base_url or None, fv.cache_dir or None)
+        rows, entry, test_size = evaluate(fv.name, data_dir=fv.data_dir, manifest=manifest,
+                                          base_url=fv.base_url or None, cache=fv.cache_dir or None)
+        print(format_table(rows, f"{fv.name} on {entry['dataset']} ({test_size} test images)"))
+        published = entry.get("metrics", {}).get("top1", {})
+        worst = max((abs(rows[p]["top1"] - v) for p, v in published.items() if p in rows), default=0.0)
+        print(f"published top-1: {', '.join(f'{p} {v:.2f}' for p, v in published.items())}; "
+              f"largest difference {worst:.2f} points")
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
