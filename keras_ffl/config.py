@@ -128,7 +128,7 @@ class Config:
             )
         topology = c.topology
         if topology == "auto":
-            topology = "shared" if homogeneous and "shared" in method.topologies else "independent"
+            topology = "shared" if homogeneous and method.topologies[0] == "shared" else "independent"
         if topology not in method.topologies:
             raise ConfigError(f"--method={c.method} does not support --topology={topology}")
         if topology == "shared" and not homogeneous:

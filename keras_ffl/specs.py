@@ -56,7 +56,7 @@ def parse_backbone(name):
 
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
-    topologies: tuple  # which sub-network layouts the method supports
+    topologies: tuple  # the sub-network layouts it supports; the first is what "auto" prefers
     min_branches: int = 2
     same_architecture: bool = False
     default_branches: int = 2
@@ -68,7 +68,9 @@ METHODS = {
     "one": MethodSpec(topologies=("shared",), same_architecture=True),
     "afd": MethodSpec(topologies=("independent",)),
     "ffcl": MethodSpec(topologies=("independent",)),
-    "vanilla": MethodSpec(topologies=("independent",), min_branches=1),
+    # Shared is allowed so that CE-only training of a shared-trunk model can be compared
+    # (keras_ffl.bench's overhead figure); independent networks are the baseline's default.
+    "vanilla": MethodSpec(topologies=("independent", "shared"), min_branches=1),
     "kd": MethodSpec(topologies=("independent",), min_branches=1, default_branches=1),
 }
 

@@ -240,6 +240,7 @@ def add_recipe(name, flagfile, description="", manifest_path=None):
 
 def make_entry(model, config, flagfile, description, weights, metrics):
     from keras_ffl.data import NORMALIZATION
+    from keras_ffl.specs import CLASS_NAMES
 
     spec = config.dataset_spec
     return {
@@ -249,6 +250,7 @@ def make_entry(model, config, flagfile, description, weights, metrics):
         "flagfile": flagfile,
         "dataset": config.dataset,
         "num_classes": spec.num_classes,
+        "class_names": list(CLASS_NAMES.get(config.dataset, ())),
         "image_shape": list(spec.image_shape),
         "preprocessing": preprocessing_record(*NORMALIZATION[config.dataset]),
         "parts": list(model.part_names),

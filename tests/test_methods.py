@@ -127,8 +127,9 @@ def test_invalid_method_combinations(overrides, message):
 @pytest.mark.parametrize(
     "overrides",
     [dict(method="dml"), dict(method="dml", dml_update="sequential", backbones=("resnet8", "wrn10_1")),
-     dict(method="one", num_branches=3), dict(method="vanilla")],
-    ids=["dml", "dml-sequential-mixed", "one-3", "vanilla"],
+     dict(method="one", num_branches=3), dict(method="vanilla"),
+     dict(method="ffcl", backbones=("resnet8", "wrn10_1"))],
+    ids=["dml", "dml-sequential-mixed", "one-3", "vanilla", "ffcl-mixed"],
 )
 def test_a_few_steps_lower_the_loss(overrides):
     config = tiny_config(lr=0.05, **overrides)
@@ -204,3 +205,11 @@ def test_offline_kd_refuses_bad_teachers(trained_teacher, tmp_path):
         tiny_config(method="kd", teacher_dir=trained_teacher, dataset="fashion_mnist")
     with pytest.raises(ConfigError, match="teacher_part=teacher: .*choose from net0, net1, ensemble, fused"):
         model_for(tiny_config(method="kd", teacher_dir=trained_teacher, teacher_part="teacher", num_branches=0))
+
+
+def test_vanilla_defaults_to_independent_networks_and_allows_a_shared_trunk():
+    assert tiny_config(method="vanilla").topology == "independent"
+    assert tiny_config(method="ffl").topology == "shared"
+    shared = tiny_config(method="vanilla", topology="shared", num_branches=3)  # bench's CE-only baseline for ONE
+    model = model_for(shared)
+    assert model.trunk is not None and list(model.term_names) == ["ce_net0", "ce_net1", "ce_net2"]

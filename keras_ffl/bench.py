@@ -1,0 +1,263 @@
+"""Training throughput per method, through the real ``fit`` path, with the reference figures
+that say where the time goes.
+
+    python -m keras_ffl.bench --method=ffl --backbones=resnet32 --num_branches=2 --batch_size=128
+    python -m keras_ffl.bench --suite                     # every method on ResNet-32-sized nets
+
+Each configuration runs in its own Python process (so ``peak_rss_mb`` is its own) on
+synthetic CIFAR-shaped data fed by the same tf.data pipeline as training, and reports:
+
+* ``images_per_sec`` / ``step_ms``: ``fit`` after warm-up (median over the timed rounds);
+* ``raw_images_per_sec``, ``fit_vs_raw``: the same model's ``train_step`` in a bare
+  ``tf.function`` on one resident batch: what ``fit`` and the input pipeline add;
+* ``ce_only_images_per_sec``, ``overhead_vs_ce``: the same networks (same trunk sharing)
+  trained with cross-entropy alone (``--method=vanilla``): what the distillation costs;
+* ``pipeline_images_per_sec``, ``pipeline_vs_step``: the input pipeline alone (shuffle,
+  augmentation, normalisation), which must outrun the step;
+* ``device``, ``mixed_precision``, ``jit_compile``: what it ran on.
+
+One JSON line per configuration, then a Markdown table.  On a GPU use
+``--mixed_precision=mixed_float16 --jit_compile=true``.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from keras_ffl.cli import run_main
+from keras_ffl.config import Config, ConfigError, parse_argv
+
+#: ``--suite``: every method at batch 128 on ResNet-32-sized networks, as the papers use them.
+SUITE = (
+    dict(method="vanilla", backbones=("resnet32",), num_branches=1),
+    dict(method="ffl", backbones=("resnet32",), num_branches=2),
+    dict(method="dml", backbones=("resnet32",), num_branches=2),
+    dict(method="one", backbones=("resnet32",), num_branches=3),
+    dict(method="afd", backbones=("resnet32",), num_branches=2),
+    dict(method="ffcl", backbones=("resnet32",), num_branches=2),
+)
+
+
+def define_flags(flag_values):
+    flags.DEFINE_string("method", "ffl", "Method to time.", flag_values=flag_values)
+    flags.DEFINE_list("backbones", ["resnet32"], "Backbone(s), as for training.", flag_values=flag_values)
+    flags.DEFINE_integer("num_branches", 2, "Sub-networks K.", flag_values=flag_values)
+    flags.DEFINE_string("topology", "auto", "auto, shared or independent.", flag_values=flag_values)
+    flags.DEFINE_integer("batch_size", 128, "Global batch size.", flag_values=flag_values)
+    flags.DEFINE_integer("steps", 10, "Timed steps per epoch.", flag_values=flag_values)
+    flags.DEFINE_integer("epochs", 4, "Rounds of `steps` steps each; the first one is warm-up.",
+                         flag_values=flag_values)
+    flags.DEFINE_bool("suite", False, "Every method on ResNet-32-sized networks (ignores method/backbones).",
+                      flag_values=flag_values)
+    flags.DEFINE_bool("reference", True, "Also time the raw step, CE-only training and the input pipeline.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Precision policy.",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on a GPU).", flag_values=flag_values)
+    flags.DEFINE_string("output", "", "Also write the JSON lines to this file.", flag_values=flag_values)
+    flags.DEFINE_string("child", "", "(internal) one configuration as JSON, measured in this process.",
+                        flag_values=flag_values)
+
+
+def bench_config(method, backbones, num_branches, batch_size, steps, topology="auto", mixed_precision="none",
+                 jit_compile="auto"):
+    """A validated Config on synthetic CIFAR-shaped data, sized for ``steps`` steps an epoch."""
+    return Config(
+        method=method, backbones=tuple(backbones), num_branches=num_branches, topology=topology,
+        dataset="synthetic", train_examples=batch_size * steps, test_examples=batch_size,
+        batch_size=batch_size, eval_batch_size=batch_size, epochs=1, lr_milestones=(), rampup_epochs=0,
+        mixed_precision=mixed_precision, jit_compile=jit_compile, verbose=0, validation_freq=0,
+        model_dir=os.devnull,
+    ).validated(check_data=False)
+
+
+def ce_only_config(config):
+    """The same networks, sharing the same trunk, trained with cross-entropy alone."""
+    return bench_config("vanilla", config.backbones, config.num_branches, config.batch_size,
+                        max(config.train_examples // config.batch_size, 1), config.topology,
+                        config.mixed_precision, config.jit_compile)
+
+
+def build_for_timing(config):
+    import keras
+
+    from keras_ffl.build import build
+
+    keras.utils.set_random_seed(0)
+    return build(config)
+
+
+def fit_epoch(model, data, config):
+    """One ``fit`` epoch; returns its images/s after the first (compiling) batch."""
+    from keras_ffl.callbacks import EpochVariable, Throughput
+
+    throughput = Throughput(config.batch_size)
+    model.fit(data.train.repeat(), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0,
+              callbacks=[EpochVariable(), throughput])
+    return throughput.history[-1]
+
+
+def raw_step_timer(model, data):
+    """The model's own train_step in a bare tf.function on one resident batch."""
+    import tensorflow as tf
+
+    batch = next(iter(data.train))
+    step = tf.function(model.train_step, jit_compile=bool(model.jit_compile))
+
+    def run(steps):
+        start = time.perf_counter()
+        for _ in range(steps):
+            logs = step(batch)
+        float(logs["loss"])  # wait for the last step
+        return steps * int(batch[0].shape[0]) / (time.perf_counter() - start)
+
+    return run
+
+
+def median(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def time_pipeline(data, batches):
+    start = time.perf_counter()
+    count = 0
+    for images, _ in data.train.repeat().take(batches):
+        count += int(images.shape[0])
+    return count / (time.perf_counter() - start)
+
+
+def device_name():
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        details = tf.config.experimental.get_device_details(gpus[0])
+        return f"{len(gpus)} x {details.get('device_name', 'GPU')}"
+    return f"CPU ({os.cpu_count()} cores)"
+
+
+def measure(config, epochs, reference=True):
+    """Every figure for one configuration, in this process.
+
+    The method, its raw step and the CE-only networks are timed in alternating rounds (the
+    first one warm-up), so a machine that speeds up or slows down affects all three alike."""
+    import resource
+
+    import keras
+
+    if config.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
+    steps = config.train_examples // config.batch_size
+    model, data = build_for_timing(config)
+    if reference:
+        raw_step = raw_step_timer(model, data)
+        baseline_config = ce_only_config(config)
+        baseline, baseline_data = build_for_timing(baseline_config)
+    fit_rates, raw_rates, ce_rates = [], [], []
+    for _ in range(epochs):
+        fit_rates.append(fit_epoch(model, data, config))
+        if reference:
+            raw_rates.append(raw_step(steps))
+            ce_rates.append(fit_epoch(baseline, baseline_data, baseline_config))
+    images_per_sec = median(fit_rates[1:])
+    result = {
+        "method": config.method,
+        "backbones": "+".join(config.branch_backbones),
+        "num_branches": config.num_branches,
+        "topology": config.topology,
+        "batch_size": config.batch_size,
+        "images_per_sec": round(images_per_sec, 1),
+        "step_ms": round(1000 * config.batch_size / images_per_sec, 1),
+        "parameters": int(model.count_params()),
+    }
+    if reference:
+        raw, ce_only = median(raw_rates[1:]), median(ce_rates[1:])
+        pipeline = time_pipeline(data, max(4 * steps, 20))
+        result.update({
+            "raw_images_per_sec": round(raw, 1),
+            "fit_vs_raw": round(images_per_sec / raw, 3),
+            "ce_only_images_per_sec": round(ce_only, 1),
+            "overhead_vs_ce": round(ce_only / images_per_sec - 1.0, 3),
+            "pipeline_images_per_sec": round(pipeline, 1),
+            "pipeline_vs_step": round(pipeline / images_per_sec, 1),
+        })
+    result.update({
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "device": device_name(),
+        "mixed_precision": config.mixed_precision,
+        "jit_compile": config.jit_compile,
+    })
+    return result
+
+
+def run_child(config, epochs, reference):
+    """Measures one configuration in a fresh interpreter; returns its result dict."""
+    payload = json.dumps({"config": config.to_dict(), "epochs": epochs, "reference": reference})
+    proc = subprocess.run([sys.executable, "-m", "keras_ffl.bench", f"--child={payload}"], capture_output=True,
+                          text=True)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"benchmark of {config.method} failed: {tail}")
+    return json.loads(lines[-1])
+
+
+def format_table(results):
+    columns = [("method", "method"), ("backbones", "networks"), ("topology", "topology"), ("batch_size", "batch"),
+               ("images_per_sec", "img/s (fit)"), ("step_ms", "step ms"), ("raw_images_per_sec", "raw img/s"),
+               ("fit_vs_raw", "fit/raw"), ("ce_only_images_per_sec", "CE-only img/s"),
+               ("overhead_vs_ce", "overhead vs CE"), ("pipeline_vs_step", "pipeline/step"),
+               ("peak_rss_mb", "peak RSS MB")]
+    columns = [(k, h) for k, h in columns if any(k in r for r in results)]
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
+    for r in results:
+        cells = []
+        for key, _ in columns:
+            value = r.get(key, "-")
+            if key == "overhead_vs_ce" and value != "-":
+                value = f"{100 * value:+.0f}%"
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    device = results[0]["device"] if results else ""
+    return "\n".join(lines) + f"\n\ndevice: {device}"
+
+
+def main(argv=None):
+    argv = sys.argv if argv is None else argv
+
+    def body():
+        fv = parse_argv(argv, define=define_flags)
+        if fv.child:
+            request = json.loads(fv.child)
+            config = Config.from_dict(request["config"]).validated(check_data=False)
+            print(json.dumps(measure(config, request["epochs"], request["reference"])), flush=True)
+            return 0
+        if fv.batch_size <= 0 or fv.steps <= 0 or fv.epochs < 2:
+            raise ConfigError("--batch_size and --steps must be positive and --epochs >= 2 (one is warm-up)")
+        common = dict(batch_size=fv.batch_size, steps=fv.steps, mixed_precision=fv.mixed_precision,
+                      jit_compile=fv.jit_compile)
+        specs = SUITE if fv.suite else (dict(method=fv.method, backbones=tuple(fv.backbones),
+                                             num_branches=fv.num_branches, topology=fv.topology),)
+        configs = [bench_config(**spec, **common) for spec in specs]  # every one validated before any work
+        results = []
+        for config in configs:
+            result = run_child(config, fv.epochs, fv.reference)
+            print(json.dumps(result), flush=True)
+            results.append(result)
+            if fv.output:
+                with open(fv.output, "a") as f:
+                    f.write(json.dumps(result) + "\n")
+        print()
+        print(format_table(results))
+        return 0
+
+    return run_main(body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

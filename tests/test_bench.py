@@ -1,0 +1,35 @@
+"""The benchmark runs a tiny configuration through the real fit path and reports valid JSON."""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = {"method", "backbones", "batch_size", "images_per_sec", "step_ms", "peak_rss_mb", "raw_images_per_sec",
+          "fit_vs_raw", "ce_only_images_per_sec", "overhead_vs_ce", "pipeline_images_per_sec", "pipeline_vs_step",
+          "device"}
+
+
+def run_bench(*args):
+    return subprocess.run([sys.executable, "-m", "keras_ffl.bench", *args], capture_output=True, text=True, cwd=REPO)
+
+
+def test_tiny_configuration_emits_json_with_every_field(tmp_path):
+    out = tmp_path / "bench.jsonl"
+    result = run_bench("--method=ffl", "--backbones=resnet8", "--num_branches=2", "--batch_size=16", "--steps=3",
+                       "--epochs=2", f"--output={out}")
+    assert result.returncode == 0, result.stderr
+    line = json.loads([s for s in result.stdout.splitlines() if s.startswith("{")][0])
+    assert FIELDS <= set(line)
+    assert (line["method"], line["backbones"], line["batch_size"], line["topology"]) == ("ffl", "resnet8+resnet8", 16,
+                                                                                         "shared")
+    assert line["images_per_sec"] > 0 and line["step_ms"] > 0 and line["peak_rss_mb"] > 100
+    assert line["step_ms"] == round(1000 * 16 / line["images_per_sec"], 1)
+    assert "| ffl | resnet8+resnet8 | shared | 16 |" in result.stdout
+    assert json.loads(out.read_text()) == line
+
+
+def test_bad_flags_exit_2():
+    result = run_bench("--method=nope")
+    assert result.returncode == 2 and "unknown --method 'nope'" in result.stderr
