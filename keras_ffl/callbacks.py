@@ -1,5 +1,6 @@
 """Callbacks keras_ffl adds to Keras's own (BackupAndRestore, CSVLogger, TensorBoard...)."""
 
+import math
 import os
 import time
 
@@ -52,16 +53,46 @@ class Throughput(keras.callbacks.Callback):
         return ordered[len(ordered) // 2]
 
 
+def diverged(logs):
+    """True when an epoch's training loss is NaN or infinite.  Keras still calls
+    ``on_epoch_end`` after TerminateOnNaN stops an epoch; saving then would replace the last
+    good checkpoint with the diverged weights."""
+    loss = (logs or {}).get("loss")
+    return loss is not None and not math.isfinite(float(loss))
+
+
 class AtomicCheckpoint(keras.callbacks.Callback):
     """Saves weights (and optimiser state) each epoch through a temporary file and a rename,
-    so an interrupted save never replaces a good checkpoint with half of one."""
+    so an interrupted save never replaces a good checkpoint with half of one, and never
+    after a diverged epoch."""
 
     def __init__(self, path):
         super().__init__()
         self.path = path
 
     def on_epoch_end(self, epoch, logs=None):
-        save_weights_atomically(self.model, self.path)
+        if not diverged(logs):
+            save_weights_atomically(self.model, self.path)
+
+
+class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras's resume checkpoint, not written after a diverged epoch, so rerunning a run that
+    hit NaN resumes from the last good epoch rather than from NaN weights.  It keeps the
+    previous checkpoint too (``double_checkpoint``): Keras falls back to it when the latest
+    one cannot be read."""
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, double_checkpoint=True)
+        self.diverged = False
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.diverged = self.diverged or diverged(logs)
+        if not self.diverged:
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        if not self.diverged:  # Keras deletes the checkpoint when fit returns; keep it to resume from
+            super().on_train_end(logs)
 
 
 def save_weights_atomically(model, path):

@@ -67,6 +67,8 @@ def check_request(name, model_dir, formats, output_dir, overwrite):
         raise ConfigError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
     if model_dir and not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"no config.json in {model_dir}: is it a keras_ffl model_dir?")
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ConfigError(f"{output_dir} already holds an export: pass --overwrite or another --output_dir")
     return output_dir
@@ -103,7 +105,9 @@ def export_onnx(keras_model, path, images):
     import onnx
     import onnxruntime as ort
 
-    keras_model.export(path, format="onnx", verbose=False)
+    with warnings.catch_warnings():  # tf2onnx's own NumPy FutureWarning
+        warnings.simplefilter("ignore", FutureWarning)
+        keras_model.export(path, format="onnx", verbose=False)
     graph = onnx.load(path).graph
     parameters = sum(int(np.prod(t.dims)) for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])

@@ -43,7 +43,8 @@ def train(config, extra_callbacks=()):
     import keras
 
     from keras_ffl.build import build
-    from keras_ffl.callbacks import AtomicCheckpoint, EpochVariable, Throughput, save_weights_atomically
+    from keras_ffl.callbacks import (AtomicCheckpoint, EpochVariable, GuardedBackupAndRestore, Throughput,
+                                     save_weights_atomically)
     from keras_ffl.distribute import configure_devices, is_chief, make_strategy
     from keras_ffl.methods import METHODS
     from keras_ffl.report import format_table, summarize, write_report
@@ -71,7 +72,7 @@ def train(config, extra_callbacks=()):
         EpochVariable(),
         throughput,
         keras.callbacks.TerminateOnNaN(),
-        keras.callbacks.BackupAndRestore(run_dir.path(config.model_dir, run_dir.BACKUP)),
+        GuardedBackupAndRestore(run_dir.path(config.model_dir, run_dir.BACKUP)),
     ]
     if chief:
         callbacks += [

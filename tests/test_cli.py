@@ -15,6 +15,7 @@ import pytest
 from conftest import REPO
 from helpers import tiny_config
 from keras_ffl import run_dir
+from keras_ffl.build import build_model, compile_model
 
 TINY = [
     "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
@@ -140,3 +141,66 @@ def test_interrupted_run_resumes_where_it_stopped(tmp_path):
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == [0, 1, 2, 3]
     assert set(report["results"]) >= {"net0", "fused"}
+
+
+class PoisonAtEpoch(keras.callbacks.Callback):
+    """Makes the loss NaN from the first batch of ``epoch`` on."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.poison_epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.poison_epoch - 1:
+            self.good = [w.copy() for w in self.model.get_weights()]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.poison_epoch:
+            kernel = self.model.branches[0].get_layer("classifier").kernel
+            kernel.assign(kernel * float("nan"))
+
+
+def test_a_nan_loss_stops_the_run_and_the_last_good_checkpoint_survives(tmp_path):
+    import numpy as np
+
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=3, model_dir=str(tmp_path / "run"), validation_freq=0)
+    poison = PoisonAtEpoch(1)
+    with pytest.raises(FloatingPointError, match="NaN or inf; the last good checkpoint is in"):
+        train(config, extra_callbacks=[poison])
+    assert not os.path.exists(run_dir.path(config.model_dir, run_dir.REPORT))
+    model = build_model(config, 10, (32, 32, 3))
+    compile_model(model, config, 4)
+    for name in (run_dir.LAST_CHECKPOINT, os.path.join(run_dir.BACKUP, "latest.weights.h5")):
+        model.load_weights(run_dir.path(config.model_dir, name))
+        weights = model.get_weights()
+        assert all(np.isfinite(w).all() for w in weights), name
+        for saved, good in zip(weights, poison.good):  # the state at the end of epoch 0
+            np.testing.assert_allclose(saved, good, rtol=1e-6, atol=1e-7)
+
+
+def test_a_corrupt_resume_checkpoint_falls_back_to_the_previous_one(tmp_path):
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=4, model_dir=str(tmp_path / "run"), validation_freq=0)
+
+    class StopAfterTwoEpochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[StopAfterTwoEpochs()])
+    latest = run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "latest.weights.h5"))
+    with open(latest, "r+b") as f:  # a torn write: the file's second half is gone
+        f.truncate(os.path.getsize(latest) // 2)
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.first_epoch = getattr(self, "first_epoch", epoch)
+
+    record = Record()
+    report = train(config, extra_callbacks=[record])
+    assert record.first_epoch == 1  # resumed from the end of epoch 0, the previous good checkpoint
+    assert report["results"]["net0"]["top1"] >= 0
