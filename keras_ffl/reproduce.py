@@ -136,6 +136,7 @@ def plot(summary, curves, output_dir):
     for method, curve in curves.items():
         ax.plot(range(1, len(curve) + 1), curve, marker="o", label=method)
     ax.set_xlabel("epoch")
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("test top-1 of the sub-networks, S-avg (%)")
     ax.set_title("Fashion-MNIST, mean over seeds")
     ax.grid(alpha=0.3)
