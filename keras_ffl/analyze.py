@@ -85,10 +85,7 @@ def explainers(model):
     parts = {f"net{k}": network(k) for k in range(model.num_branches)}
     if getattr(model, "fusion", None) is not None:
         def fused(images):
-            outputs = model.forward(images, training=False)
-            middle = getattr(model, "fusion_layer", "last") == "middle"
-            maps = [taps[0] for taps in outputs["taps"]] if middle else outputs["features"]
-            return model.fusion(maps, training=False)
+            return model.fusion(model.fused_maps(model.forward(images, training=False)), training=False)
 
         parts["fused"] = fused
     return parts

@@ -41,6 +41,13 @@ def distillation_kl(student_logits, teacher_logits, temperature, scale_by_t2=Tru
     return kl
 
 
+def mean_peer_kl(logits, k, temperature):
+    """``1/(K-1) * sum_{j != k} kl(z_k <- z_j)``: network k learning from each of its peers
+    (DML's term, FFCL's response knowledge), per example."""
+    peers = [distillation_kl(logits[k], z, temperature) for j, z in enumerate(logits) if j != k]
+    return tf.add_n(peers) / float(len(peers))
+
+
 def rampup_weight(epoch, rampup_epochs):
     """Sigmoid-shaped ramp-up of the distillation terms (Laine & Aila), 0-based epoch.
 

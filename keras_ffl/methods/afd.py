@@ -34,14 +34,14 @@ AFD_MODES = ("full", "adversarial", "kd", "l1", "l1_kd")
 
 
 class AFD(OnlineDistiller):
+    independent_only = True
+
     def __init__(self, branches, num_classes, trunk=None, mode="full", feature_weight_decay=0.1, sync_bn=False,
                  **kwargs):
-        if trunk is not None:
-            raise ValueError("AFD trains independent networks: build them without a shared trunk")
         if mode not in AFD_MODES:
             raise ValueError(f"AFD mode must be one of {AFD_MODES}, got '{mode}'")
         self.mode = mode
-        super().__init__(branches, num_classes, trunk=None, **kwargs)
+        super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.feature_weight_decay = float(feature_weight_decay)
         self.sync_bn = sync_bn
         shapes = [tuple(b.outputs[1].shape[1:]) for b in self.branches]
@@ -200,9 +200,7 @@ class AFD(OnlineDistiller):
         return self.update_metrics(outputs, labels, terms)
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("trunk", None)
-        return {**config, "mode": self.mode, "feature_weight_decay": self.feature_weight_decay, "sync_bn": self.sync_bn}
+        return {**super().get_config(), "mode": self.mode, "feature_weight_decay": self.feature_weight_decay, "sync_bn": self.sync_bn}
 
 
 def afd_options(config):

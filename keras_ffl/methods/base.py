@@ -33,6 +33,8 @@ class OnlineDistiller(keras.Model):
 
     #: Names of the logits a method adds beside its sub-networks and their ensemble.
     teacher_names = ()
+    #: Methods whose networks must not share a trunk (their config then carries none).
+    independent_only = False
 
     def __init__(
         self,
@@ -46,6 +48,8 @@ class OnlineDistiller(keras.Model):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if self.independent_only and trunk is not None:
+            raise ValueError(f"{type(self).__name__} trains independent networks: build them without a shared trunk")
         if len(branches) < min_branches:
             raise ValueError(f"{type(self).__name__} needs at least {min_branches} sub-networks, got {len(branches)}")
         self.trunk = trunk
@@ -97,6 +101,13 @@ class OnlineDistiller(keras.Model):
     def weight_decay_groups(self):
         """``[(decay, variables), ...]``; by default every trainable variable decays alike."""
         return [(self.weight_decay, self.trainable_variables)]
+
+    def decay_apart(self, module, decay):
+        """Decay groups where ``module``'s variables decay at ``decay`` and the rest at
+        ``weight_decay`` (the FFL and FFCL fusion modules)."""
+        own = {id(v) for v in module.trainable_variables}
+        rest = [v for v in self.trainable_variables if id(v) not in own]
+        return [(self.weight_decay, rest), (decay, module.trainable_variables)]
 
     # ---------------------------------------------------------------- forward pass
     def forward(self, images, training=False):
@@ -207,7 +218,7 @@ class OnlineDistiller(keras.Model):
         return self.update_metrics(outputs, labels, self.compute_losses(outputs, labels))
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "num_classes": self.num_classes,
             "temperature": self.temperature,
@@ -216,6 +227,9 @@ class OnlineDistiller(keras.Model):
             "trunk": keras.saving.serialize_keras_object(self.trunk) if self.trunk is not None else None,
             "branches": [keras.saving.serialize_keras_object(b) for b in self.branches],
         }
+        if self.independent_only:
+            del config["trunk"]
+        return config
 
     @classmethod
     def from_config(cls, config):

@@ -15,28 +15,27 @@ updated, predictions are recomputed, then network 2, and so on.
 
 import tensorflow as tf
 
-from keras_ffl.losses import cross_entropy, distillation_kl
+from keras_ffl.losses import cross_entropy, mean_peer_kl
 from keras_ffl.methods.base import OnlineDistiller
 
 UPDATE_ORDERS = ("synchronous", "sequential")
 
 
 class DML(OnlineDistiller):
+    independent_only = True
+
     def __init__(self, branches, num_classes, trunk=None, update="synchronous", **kwargs):
-        if trunk is not None:
-            raise ValueError("DML trains independent networks: build them without a shared trunk")
         if update not in UPDATE_ORDERS:
             raise ValueError(f"DML update must be one of {UPDATE_ORDERS}, got '{update}'")
         self.update = update
-        super().__init__(branches, num_classes, trunk=None, **kwargs)
+        super().__init__(branches, num_classes, trunk=trunk, **kwargs)
 
     def loss_term_names(self):
         k = range(len(self.branches))
         return [f"ce_net{i}" for i in k] + [f"kd_net{i}" for i in k]
 
     def peer_kl(self, logits, k):
-        peers = [distillation_kl(logits[k], z, self.temperature) for j, z in enumerate(logits) if j != k]
-        return tf.add_n(peers) / float(len(peers))
+        return mean_peer_kl(logits, k, self.temperature)
 
     def compute_losses(self, outputs, labels):
         logits = outputs["logits"]
@@ -65,9 +64,7 @@ class DML(OnlineDistiller):
         return self.update_metrics(outputs, labels, self.compute_losses(outputs, labels))
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("trunk", None)
-        return {**config, "update": self.update}
+        return {**super().get_config(), "update": self.update}
 
 
 def dml_options(config):

@@ -33,13 +33,15 @@ from keras import ops
 
 from keras_ffl.backbones import MIDDLE_LAYER
 from keras_ffl.layers.fusion import FusionModule
-from keras_ffl.losses import cross_entropy, distillation_kl
+from keras_ffl.losses import cross_entropy, distillation_kl, mean_peer_kl
 from keras_ffl.methods.base import OnlineDistiller
 
 FUSION_LAYERS = ("middle", "last")
 
 
 class FFCL(OnlineDistiller):
+    independent_only = True
+
     def __init__(
         self,
         branches,
@@ -55,8 +57,6 @@ class FFCL(OnlineDistiller):
         sync_bn=False,
         **kwargs,
     ):
-        if trunk is not None:
-            raise ValueError("FFCL trains independent peer networks: build them without a shared trunk")
         if fusion_layer not in FUSION_LAYERS:
             raise ValueError(f"FFCL fusion_layer must be one of {FUSION_LAYERS}, got '{fusion_layer}'")
         if not (feature_knowledge or response_knowledge or regularization_knowledge):
@@ -69,7 +69,7 @@ class FFCL(OnlineDistiller):
         self.teacher_names = (("fused",) if self.feature_knowledge else ()) + (
             tuple(f"pretrained{k}" for k in range(len(branches))) if self.regularization_knowledge else ()
         )
-        super().__init__(branches, num_classes, trunk=None, **kwargs)
+        super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.fusion_weight_decay = float(fusion_weight_decay)
         self.sync_bn = sync_bn
         self.fusion_channels = None
@@ -93,6 +93,10 @@ class FFCL(OnlineDistiller):
     def fused_input(self, branch):
         return branch.get_layer(MIDDLE_LAYER).output if self.fusion_layer == "middle" else branch.outputs[1]
 
+    def fused_maps(self, outputs):
+        """The feature maps the fusion module concatenates (see ``fusion_layer``)."""
+        return [taps[0] for taps in outputs["taps"]] if self.fusion_layer == "middle" else outputs["features"]
+
     def forward_branches(self):
         return self.tapped if self.feature_knowledge and self.fusion_layer == "middle" else self.branches
 
@@ -110,8 +114,7 @@ class FFCL(OnlineDistiller):
     def build_teachers(self, outputs, training):
         teachers = {}
         if self.feature_knowledge:
-            maps = [taps[0] for taps in outputs["taps"]] if self.fusion_layer == "middle" else outputs["features"]
-            teachers["fused"], _ = self.fusion(maps, training=training)
+            teachers["fused"], _ = self.fusion(self.fused_maps(outputs), training=training)
         if self.regularization_knowledge:
             for k, net in enumerate(self.pretrained):
                 # Inference mode always: the frozen copy keeps its own BN statistics.
@@ -128,9 +131,7 @@ class FFCL(OnlineDistiller):
                 terms["kd_fused"] = distillation_kl(fused, outputs["ensemble"], t)
             terms.update({f"kd_fk_net{k}": distillation_kl(z, fused, t) for k, z in enumerate(logits)})
         if self.response_knowledge:
-            for k, z in enumerate(logits):
-                peers = [distillation_kl(z, other, t) for j, other in enumerate(logits) if j != k]
-                terms[f"kd_rk_net{k}"] = ops.sum(ops.stack(peers), axis=0) / float(len(peers))
+            terms.update({f"kd_rk_net{k}": mean_peer_kl(logits, k, t) for k in range(len(logits))})
         if self.regularization_knowledge:
             terms.update({f"kd_nrk_net{k}": distillation_kl(z, teachers[f"pretrained{k}"], t) for k, z in enumerate(logits)})
         return terms
@@ -138,9 +139,7 @@ class FFCL(OnlineDistiller):
     def weight_decay_groups(self):
         if not self.feature_knowledge:
             return super().weight_decay_groups()
-        fusion_ids = {id(v) for v in self.fusion.trainable_variables}
-        networks = [v for v in self.trainable_variables if id(v) not in fusion_ids]
-        return [(self.weight_decay, networks), (self.fusion_weight_decay, self.fusion.trainable_variables)]
+        return self.decay_apart(self.fusion, self.fusion_weight_decay)
 
     def load_pretrained(self, networks):
         """Copies the weights of trained networks (one per peer, same architectures) into
@@ -154,10 +153,8 @@ class FFCL(OnlineDistiller):
                 raise ValueError(f"pre-trained network {k} does not match peer {k}'s architecture: {e}") from None
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("trunk", None)
         return {
-            **config,
+            **super().get_config(),
             "feature_knowledge": self.feature_knowledge,
             "response_knowledge": self.response_knowledge,
             "regularization_knowledge": self.regularization_knowledge,

@@ -50,8 +50,12 @@ class FFL(OnlineDistiller):
             names += [f"kd_net{k}" for k in range(len(self.branches))]
         return names
 
+    def fused_maps(self, outputs):
+        """The feature maps the fusion module concatenates: the sub-networks' last ones."""
+        return outputs["features"]
+
     def build_teachers(self, outputs, training):
-        fused_logits, _ = self.fusion(outputs["features"], training=training)
+        fused_logits, _ = self.fusion(self.fused_maps(outputs), training=training)
         return {"fused": fused_logits}
 
     def compute_losses(self, outputs, labels):
@@ -66,9 +70,7 @@ class FFL(OnlineDistiller):
         return terms
 
     def weight_decay_groups(self):
-        fusion_ids = {id(v) for v in self.fusion.trainable_variables}
-        networks = [v for v in self.trainable_variables if id(v) not in fusion_ids]
-        return [(self.weight_decay, networks), (self.fusion_weight_decay, self.fusion.trainable_variables)]
+        return self.decay_apart(self.fusion, self.fusion_weight_decay)
 
     def get_config(self):
         return {
