@@ -23,7 +23,7 @@ import sys
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, parse_argv
+from keras_ffl.config import ConfigError, parse_command
 
 COMMANDS = ("gradcam", "similarity")
 
@@ -172,17 +172,9 @@ def main(argv=None):
     def body():
         import numpy as np
 
-        from keras_ffl.errors import HelpRequested
         from keras_ffl.specs import CLASS_NAMES
 
-        command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
-        usage = f"usage: python -m keras_ffl.analyze {{{','.join(COMMANDS)}}} [--flag=value ...]"
-        try:
-            fv = parse_argv([argv[0]] + argv[2 if command else 1:], define=define_flags)
-        except HelpRequested as e:
-            raise HelpRequested(usage + "\n\n" + str(e).split("\n", 2)[-1]) from None
-        if command not in COMMANDS:
-            raise ConfigError(f"{usage} (got '{command or 'nothing'}')")
+        command, fv = parse_command(argv, COMMANDS, "analyze", define_flags)
         if fv.examples < 0:
             raise ConfigError("--examples must be >= 0")
         model, config, label = load_source(fv.name, fv.model_dir)

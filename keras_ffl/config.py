@@ -267,14 +267,21 @@ def check_data_dir(dataset, data_dir):
         raise ConfigError(f"--data_dir {data_dir} does not exist")
 
 
+def trained_run_config(model_dir, what, remedy):
+    """The Config of a run that has weights (final or last checkpoint); ConfigError otherwise.
+    (The file names are run_dir's, which imports this module.)"""
+    run = Config.load(os.path.join(model_dir, "config.json"))
+    weights = [os.path.join(model_dir, n) for n in ("model.weights.h5", os.path.join("checkpoints", "last.weights.h5"))]
+    if not any(os.path.exists(w) for w in weights):
+        raise ConfigError(f"{what} has no weights yet: {remedy}")
+    return run
+
+
 def check_teacher(config):
     """Offline KD's teacher must be a finished run on the same dataset."""
     if not config.teacher_dir:
         raise ConfigError("--method=kd needs --teacher_dir, the model_dir of a trained run")
-    teacher = Config.load(os.path.join(config.teacher_dir, "config.json"))
-    weights = [os.path.join(config.teacher_dir, n) for n in ("model.weights.h5", "checkpoints/last.weights.h5")]
-    if not any(os.path.exists(w) for w in weights):
-        raise ConfigError(f"--teacher_dir {config.teacher_dir} has no weights yet: train the teacher first")
+    teacher = trained_run_config(config.teacher_dir, f"--teacher_dir {config.teacher_dir}", "train the teacher first")
     if teacher.dataset != config.dataset:
         raise ConfigError(f"the teacher was trained on {teacher.dataset}, the student on {config.dataset}")
 
@@ -285,10 +292,9 @@ PRETRAIN_SUBDIR = "pretrain"
 
 def check_pretrained(config, backbones, num_branches):
     """A given --pretrained_dir must hold trained networks of the same architectures and data."""
-    pretrained = Config.load(os.path.join(config.pretrained_dir, "config.json")).validated(check_data=False)
-    weights = [os.path.join(config.pretrained_dir, n) for n in ("model.weights.h5", "checkpoints/last.weights.h5")]
-    if not any(os.path.exists(w) for w in weights):
-        raise ConfigError(f"--pretrained_dir {config.pretrained_dir} has no weights yet: train it first")
+    pretrained = trained_run_config(
+        config.pretrained_dir, f"--pretrained_dir {config.pretrained_dir}", "train it first"
+    ).validated(check_data=False)
     if pretrained.dataset != config.dataset:
         raise ConfigError(f"--pretrained_dir was trained on {pretrained.dataset}, this run uses {config.dataset}")
     expected = list(backbones) * num_branches if len(backbones) == 1 else list(backbones)
@@ -418,6 +424,20 @@ def config_from_flags(flag_values):
             value = tuple(value)
         values[field.name] = value
     return Config(**values)
+
+
+def parse_command(argv, commands, module, define):
+    """``python -m keras_ffl.<module> COMMAND [--flags]`` -> ``(command, FlagValues)``;
+    raises ConfigError for a missing or unknown command, HelpRequested for --help."""
+    command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
+    usage = f"usage: python -m keras_ffl.{module} {{{','.join(commands)}}} [--flag=value ...]"
+    try:
+        flag_values = parse_argv([argv[0], *argv[2 if command else 1:]], define=define)
+    except HelpRequested as e:
+        raise HelpRequested(usage + "\n\n" + str(e).split("\n", 2)[-1]) from None
+    if command not in commands:
+        raise ConfigError(f"{usage} (got '{command or 'nothing'}')")
+    return command, flag_values
 
 
 def parse_argv(argv, define=define_flags):

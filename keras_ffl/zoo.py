@@ -25,7 +25,7 @@ import urllib.request
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import Config, ConfigError, atomic_write_text, parse_argv
+from keras_ffl.config import Config, ConfigError, atomic_write_text, parse_argv, parse_command
 
 REPO_ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo")
 DEFAULT_MANIFEST = os.path.join(REPO_ZOO, "manifest.json")
@@ -305,17 +305,7 @@ def main(argv=None):
     argv = list(sys.argv if argv is None else argv)
 
     def body():
-        from keras_ffl.errors import HelpRequested
-
-        command = argv[1] if len(argv) > 1 and not argv[1].startswith("-") else ""
-        rest = [argv[0]] + argv[2 if command else 1:]
-        usage = f"usage: python -m keras_ffl.zoo {{{','.join(COMMANDS)}}} [--flag=value ...]"
-        try:
-            fv = parse_argv(rest, define=define_flags)
-        except HelpRequested as e:
-            raise HelpRequested(usage + "\n\n" + str(e).split("\n", 2)[-1]) from None
-        if command not in COMMANDS:
-            raise ConfigError(f"{usage} (got '{command or 'nothing'}')")
+        command, fv = parse_command(argv, COMMANDS, "zoo", define_flags)
         manifest = load_manifest(fv.manifest or None) if command not in ("publish", "recipe") else None
         if command == "list":
             print("| name | method | networks | dataset | parts | weights | published top-1 (%) |")
@@ -346,7 +336,6 @@ def main(argv=None):
             return 0
         from keras_ffl.report import format_table
 
-        download(fv.name, manifest, fv.base_url or None, fv.cache_dir or None)
         rows, entry, test_size = evaluate(fv.name, data_dir=fv.data_dir, manifest=manifest,
                                           base_url=fv.base_url or None, cache=fv.cache_dir or None)
         print(format_table(rows, f"{fv.name} on {entry['dataset']} ({test_size} test images)"))
