@@ -95,7 +95,8 @@ def load_run(model_dir, weights="", **overrides):
     from keras_ffl.config import Config, ConfigError
 
     config = Config.load(run_dir.path(model_dir, run_dir.CONFIG))
-    local = {"strategy": "default", "cpu_devices": 0, "sync_bn": False, "model_dir": model_dir}
+    local = {"strategy": "default", "cpu_devices": 0, "worker_hosts": (), "task_index": 0, "sync_bn": False,
+             "model_dir": model_dir}
     config = dataclasses.replace(config, **{**local, **overrides}).validated(check_data=False)
     weights = weights or run_dir.find_weights(model_dir)
     spec = config.dataset_spec
@@ -107,6 +108,14 @@ def load_run(model_dir, weights="", **overrides):
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"cannot load weights {weights}: {detail}") from None
     return model, config
+
+
+def initialize_from(model, init_dir):
+    """Sub-network k takes the weights of network k of the finished run in ``init_dir``
+    (checked to match by the config)."""
+    trained, _ = load_run(init_dir)
+    for branch, source in zip(model.branches, trained.branches):
+        branch.set_weights(source.get_weights())
 
 
 def part_model(model, config, part, raw_pixels=False):

@@ -2,9 +2,13 @@
 
 import math
 import os
+import re
+import sys
 import time
 
 import keras
+
+from keras_ffl.errors import ResumeError, WriteError
 
 
 class EpochVariable(keras.callbacks.Callback):
@@ -75,28 +79,103 @@ class AtomicCheckpoint(keras.callbacks.Callback):
             save_weights_atomically(self.model, self.path)
 
 
-class GuardedBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """Keras's resume checkpoint, not written after a diverged epoch, so rerunning a run that
-    hit NaN resumes from the last good epoch rather than from NaN weights.  It keeps the
-    previous checkpoint too (``double_checkpoint``): Keras falls back to it when the latest
-    one cannot be read."""
+class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
+    """Keras's resume callback (``BackupAndRestore``), made safe against ``kill -9``, torn
+    files and divergence:
 
-    def __init__(self, backup_dir):
-        super().__init__(backup_dir, double_checkpoint=True)
+    * each epoch's state (weights and optimiser state) is written under a temporary name and
+      renamed to ``epoch-N.weights.h5`` (N = epochs done), so a file under its final name is
+      always whole, and the epoch number travels with the weights (Keras keeps it in a
+      separate JSON file, which a kill between the two writes leaves stale);
+    * the two newest files are kept; ``resume_epoch()`` picks the newest one that reads,
+      *before* the data stream is built, so the stream starts at the epoch the weights are at;
+    * nothing is written after a diverged (NaN/inf) epoch, and the files are kept when
+      training ends that way, so rerunning resumes from the last good epoch;
+    * only the chief writes (``write=False`` on the other workers; all of them read).
+    """
+
+    NAME = re.compile(r"epoch-(\d+)\.weights\.h5$")
+
+    def __init__(self, backup_dir, write=True, keep=2):
+        super().__init__(backup_dir, delete_checkpoint=True)
+        self.write, self.keep = write, keep
         self.diverged = False
+        self.chosen = None
+
+    def checkpoints(self):
+        """``[(epochs done, path)]``, newest first."""
+        if not os.path.isdir(self.backup_dir):
+            return []
+        found = [(int(m[1]), os.path.join(self.backup_dir, n)) for n in os.listdir(self.backup_dir)
+                 if (m := self.NAME.fullmatch(n))]
+        return sorted(found, reverse=True)
+
+    def resume_epoch(self):
+        """The number of finished epochs to resume after (0 for a fresh run)."""
+        self.chosen = None
+        for epoch, path in self.checkpoints():
+            problem = unreadable(path)
+            if problem is None:
+                self.chosen = (epoch, path)
+                return epoch
+            print(f"warning: resume checkpoint {path} cannot be read ({problem}); trying the previous one",
+                  file=sys.stderr, flush=True)
+        return 0
+
+    def on_train_begin(self, logs=None):
+        if self.chosen is None:
+            self.resume_epoch()
+        if self.chosen is None:
+            return
+        epoch, path = self.chosen
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        try:
+            self.model.load_weights(path)
+        except Exception as e:  # noqa: BLE001 - h5py and Keras raise several types
+            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ResumeError(f"resume checkpoint {path} cannot be loaded ({detail}); move it away to resume "
+                              "from the one before") from None
+        self.model._initial_epoch = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         self.diverged = self.diverged or diverged(logs)
-        if not self.diverged:
-            super().on_epoch_end(epoch, logs)
+        super().on_epoch_end(epoch, logs)
+
+    def _save_model(self):
+        if not self.write or self.diverged:
+            return
+        save_weights_atomically(self.model, os.path.join(self.backup_dir, f"epoch-{self._current_epoch}.weights.h5"))
+        for _, old in self.checkpoints()[self.keep:]:
+            os.remove(old)
 
     def on_train_end(self, logs=None):
-        if not self.diverged:  # Keras deletes the checkpoint when fit returns; keep it to resume from
+        if self.write and not self.diverged:  # a finished run needs no resume point
             super().on_train_end(logs)
 
 
+def unreadable(path):
+    """None when ``path`` is an HDF5 file whose every dataset reads, else the reason."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError...
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    return None
+
+
 def save_weights_atomically(model, path):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Writes through a temporary file and a rename: ``path`` is either the old file or the
+    whole new one.  A failed write (full disk...) removes the temporary file and raises
+    WriteError naming the file, the old one left in place."""
     tmp = path[: -len(".weights.h5")] + f".tmp{os.getpid()}.weights.h5"
-    model.save_weights(tmp)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        model.save_weights(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise WriteError(f"cannot write {path}: {e.strerror or e}; the previous file there is intact") from None

@@ -3,13 +3,14 @@
 import sys
 
 from keras_ffl.config import quiet_tensorflow
-from keras_ffl.errors import ConfigError, DataError, HelpRequested
+from keras_ffl.errors import ConfigError, DataError, HelpRequested, ResumeError, WriteError
 
 
 def run_main(body):
     """Runs ``body()`` (which returns 0) and maps failures to exit codes.
 
-    0 success or --help; 2 bad input (flags, configuration, data); 1 training diverged.
+    0 success or --help; 2 bad input (flags, configuration, data); 1 training diverged or the
+    run directory could not be written.
     """
     quiet_tensorflow()
     try:
@@ -20,6 +21,6 @@ def run_main(body):
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:
+    except (FloatingPointError, ResumeError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

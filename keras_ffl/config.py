@@ -31,6 +31,7 @@ class Config:
     # Data.
     dataset: str = "fashion_mnist"
     data_dir: str = ""
+    manual_dir: str = ""
     download: bool = True
     train_examples: int = 0
     test_examples: int = 0
@@ -73,10 +74,14 @@ class Config:
     fusion_layer: str = "middle"
     pretrained_dir: str = ""
     pretrain_epochs: int = 0
+    # Initialisation.
+    init_dir: str = ""
     # Run.
     seed: int = 0
     model_dir: str = ""
     strategy: str = "default"
+    worker_hosts: tuple = ()
+    task_index: int = 0
     cpu_devices: int = 0
     sync_bn: bool = False
     mixed_precision: str = "none"
@@ -177,7 +182,13 @@ class Config:
                 )
         if c.strategy == "default" and c.cpu_devices > 1:
             raise ConfigError("--cpu_devices splits the CPU for --strategy=mirrored; it does nothing with default")
+        check_cluster(c)
         data_dir = c.data_dir
+        if c.manual_dir:
+            if specs.DATASETS[c.dataset].source != "tfds":
+                raise ConfigError(f"--manual_dir is for tfds datasets; {c.dataset} does not use it")
+            if check_data and not os.path.isdir(c.manual_dir):
+                raise ConfigError(f"--manual_dir {c.manual_dir} does not exist")
         if check_data:
             check_data_dir(c.dataset, data_dir or specs.DATASETS[c.dataset].default_data_dir)
         model_dir = c.model_dir or os.path.join("runs", f"{c.method}_{'-'.join(canonical)}_{c.dataset}")
@@ -186,7 +197,13 @@ class Config:
             if not pretrained_dir:
                 pretrained_dir = os.path.join(model_dir, PRETRAIN_SUBDIR)
             elif check_data:
-                check_pretrained(c, canonical, num_branches)
+                check_trained_networks("pretrained_dir", c.pretrained_dir, c.dataset, canonical, num_branches)
+        if c.init_dir:
+            if topology != "independent":
+                raise ConfigError("--init_dir starts independent networks from a finished run: use "
+                                  "--topology=independent")
+            if check_data:
+                check_trained_networks("init_dir", c.init_dir, c.dataset, canonical, num_branches)
         return dataclasses.replace(
             c,
             backbones=canonical,
@@ -241,12 +258,46 @@ class Config:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
 
-    def differences(self, other, ignore=("verbose", "download")):
+    def differences(self, other, ignore=("verbose", "download", "task_index")):
         return [
             f.name
             for f in dataclasses.fields(self)
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+def cluster_json(worker_hosts, task_index):
+    """The TF_CONFIG that --worker_hosts and --task_index stand for."""
+    return json.dumps({"cluster": {"worker": list(worker_hosts)}, "task": {"type": "worker", "index": task_index}})
+
+
+def check_cluster(c):
+    """Multi-worker runs need a cluster: TF_CONFIG, or --worker_hosts and --task_index."""
+    if c.strategy != "multi_worker":
+        if c.worker_hosts:
+            raise ConfigError("--worker_hosts is for --strategy=multi_worker")
+        return
+    if c.cpu_devices:
+        raise ConfigError("--cpu_devices is for --strategy=mirrored; multi-worker runs one replica per worker device")
+    tf_config = os.environ.get("TF_CONFIG", "")
+    if c.worker_hosts:
+        if tf_config and tf_config != cluster_json(c.worker_hosts, c.task_index):
+            raise ConfigError("both TF_CONFIG and --worker_hosts describe the cluster: give one")
+        if not 0 <= c.task_index < len(c.worker_hosts):
+            raise ConfigError(f"--task_index={c.task_index} but --worker_hosts lists {len(c.worker_hosts)} workers")
+        return
+    if not tf_config:
+        raise ConfigError("--strategy=multi_worker needs the cluster: set TF_CONFIG, or pass --worker_hosts and "
+                          "--task_index")
+    try:
+        cluster = json.loads(tf_config)
+        workers = cluster["cluster"]
+        task = cluster["task"]
+        if not isinstance(workers, dict) or task["type"] not in workers or not (
+                0 <= int(task["index"]) < len(workers[task["type"]])):
+            raise ValueError("its task is not in its cluster")
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"TF_CONFIG is not a valid cluster description ({e})") from None
 
 
 def check_data_dir(dataset, data_dir):
@@ -290,17 +341,16 @@ def check_teacher(config):
 PRETRAIN_SUBDIR = "pretrain"
 
 
-def check_pretrained(config, backbones, num_branches):
-    """A given --pretrained_dir must hold trained networks of the same architectures and data."""
-    pretrained = trained_run_config(
-        config.pretrained_dir, f"--pretrained_dir {config.pretrained_dir}", "train it first"
-    ).validated(check_data=False)
-    if pretrained.dataset != config.dataset:
-        raise ConfigError(f"--pretrained_dir was trained on {pretrained.dataset}, this run uses {config.dataset}")
+def check_trained_networks(flag, run_dir, dataset, backbones, num_branches):
+    """A run given by ``--{flag}`` must hold trained networks of the same architectures and data."""
+    trained = trained_run_config(run_dir, f"--{flag} {run_dir}", "train it first").validated(check_data=False)
+    if trained.dataset != dataset:
+        raise ConfigError(f"--{flag} was trained on {trained.dataset}, this run uses {dataset}")
     expected = list(backbones) * num_branches if len(backbones) == 1 else list(backbones)
-    if pretrained.branch_backbones != expected:
+    if trained.branch_backbones != expected or trained.topology != "independent":
         raise ConfigError(
-            f"--pretrained_dir holds {', '.join(pretrained.branch_backbones)}; the peers are {', '.join(expected)}"
+            f"--{flag} holds {', '.join(trained.branch_backbones)} ({trained.topology}); "
+            f"this run's networks are {', '.join(expected)} (independent)"
         )
 
 
@@ -338,8 +388,10 @@ _HELP = {
     "networks (case 2); auto: shared when every branch has the same architecture.",
     "dataset": "Dataset name.",
     "data_dir": f"Data location: the IDX folder for fashion_mnist (default {specs.FASHION_MNIST_DIR}), "
-    "the tfds data_dir for cifar10/cifar100.",
-    "download": "Let tfds download CIFAR when it is not prepared in data_dir.",
+    "the tfds data_dir for cifar10/cifar100/imagenet2012.",
+    "manual_dir": "tfds manual download folder (imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar), "
+    "prepared into --data_dir on first use.",
+    "download": "Let tfds download (or prepare from --manual_dir) a dataset not yet prepared in data_dir.",
     "train_examples": "Use only the first N training examples (0 = all).",
     "test_examples": "Use only the first N test examples (0 = all).",
     "augment": "Reflect-pad 4, random crop and horizontal flip on training images.",
@@ -381,9 +433,14 @@ _HELP = {
     "pretrained_dir": "FFCL: a finished run (vanilla, same backbones and data) whose net_k teaches peer k "
     "(default: <model_dir>/pretrain, trained first by the same command when missing).",
     "pretrain_epochs": "FFCL: epochs of the pre-training stage (0 = --epochs), same schedule otherwise.",
+    "init_dir": "Start sub-network k from network k of a finished run (same backbones and dataset, "
+    "independent networks, e.g. a vanilla run): the AFD paper's ImageNet runs start from pre-trained networks.",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
     "strategy": "tf.distribute strategy.",
+    "worker_hosts": "Multi-worker: host:port of every worker, the same list on each (instead of TF_CONFIG); "
+    "worker 0 is the chief, the only one that writes.",
+    "task_index": "Multi-worker: this worker's index in --worker_hosts.",
     "cpu_devices": "Split the CPU into N logical devices (MirroredStrategy on a machine without GPUs).",
     "sync_bn": "Synchronise BatchNorm statistics across replicas.",
     "mixed_precision": "Keras mixed-precision policy.",

@@ -1,6 +1,7 @@
 """Devices, tf.distribute strategies and precision policies, set up once per process."""
 
 import functools
+import os
 
 import tensorflow as tf
 
@@ -39,3 +40,21 @@ def is_chief(strategy):
     has_chief = "chief" in resolver.cluster_spec().as_dict()
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
+
+
+def cluster_from_flags(worker_hosts, task_index):
+    """Sets TF_CONFIG from ``--worker_hosts``/``--task_index`` (the config check has refused a
+    different TF_CONFIG already)."""
+    from keras_ffl.config import cluster_json
+
+    if worker_hosts:
+        os.environ["TF_CONFIG"] = cluster_json(worker_hosts, task_index)
+
+
+def distribute_by_data(dataset):
+    """Multi-worker input: every worker runs the same (seeded) pipeline and keeps its share of
+    each global batch, so the cluster trains on exactly the batches one process would.
+    (Sharding by file would read less, but changes which examples meet in a batch.)"""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)

@@ -11,3 +11,12 @@ class DataError(RuntimeError):
 
 class HelpRequested(Exception):
     """``--help`` was given; the exception's text is the help to print."""
+
+
+class WriteError(OSError):
+    """The run directory could not be written (full disk, no permission); nothing already
+    there was replaced."""
+
+
+class ResumeError(RuntimeError):
+    """A resume checkpoint that looked whole could not be loaded."""

@@ -1,6 +1,8 @@
 """The layout of a run directory (model_dir) and the guard that keeps runs from mixing."""
 
+import math
 import os
+import shutil
 
 from keras_ffl.config import Config, ConfigError
 
@@ -50,3 +52,37 @@ def find_weights(model_dir):
         if os.path.exists(candidate):
             return candidate
     raise ConfigError(f"no weights in {model_dir} (looked for {WEIGHTS} and {LAST_CHECKPOINT})")
+
+
+def check_writable(model_dir):
+    """ConfigError unless ``model_dir`` can be created and written (before any work)."""
+    probe = path(model_dir, f".write-test-{os.getpid()}")
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"--model_dir {model_dir} is not writable: {e.strerror or e}") from None
+
+
+#: Files of a model's size a run keeps at once: two resume checkpoints, the per-epoch
+#: checkpoint, the final weights, and one being written.
+CHECKPOINT_COPIES = 5
+
+
+def check_free_space(model_dir, model):
+    """ConfigError when the disk under ``model_dir`` cannot hold the run's checkpoints."""
+    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []))
+    feature_optimizer = getattr(model, "feature_optimizer", None)
+    if feature_optimizer is not None:
+        variables += list(feature_optimizer.variables)
+    checkpoint = sum(math.prod(int(d) for d in v.shape) * 4 for v in variables)
+    needed = CHECKPOINT_COPIES * checkpoint
+    free = shutil.disk_usage(model_dir).free
+    if free < needed:
+        raise ConfigError(
+            f"not enough disk space for {model_dir}: its checkpoints need about {needed / 2**20:.0f} MB, "
+            f"{free / 2**20:.0f} MB free"
+        )
+

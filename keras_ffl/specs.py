@@ -83,6 +83,11 @@ class DatasetSpec:
     test_size: int
     source: str  # "idx", "tfds" or "generated"
     default_data_dir: str = ""
+    test_split: str = "test"  # the tfds split evaluated as "test"
+    #: Examples are JPEG bytes decoded (and randomly cropped) per image by the pipeline.
+    encoded_images: bool = False
+    #: > 0: too large for memory; streamed, shuffled in windows of this many examples.
+    shuffle_window: int = 0
 
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -91,6 +96,8 @@ DATASETS = {
     "fashion_mnist": DatasetSpec(10, (28, 28, 1), 60000, 10000, "idx", FASHION_MNIST_DIR),
     "cifar10": DatasetSpec(10, (32, 32, 3), 50000, 10000, "tfds"),
     "cifar100": DatasetSpec(100, (32, 32, 3), 50000, 10000, "tfds"),
+    "imagenet2012": DatasetSpec(1000, (224, 224, 3), 1281167, 50000, "tfds", test_split="validation",
+                                encoded_images=True, shuffle_window=10000),
     "synthetic": DatasetSpec(10, (32, 32, 3), 0, 0, "generated"),
 }
 

@@ -8,11 +8,13 @@ The run directory receives config.json, per-epoch checkpoints (resumed automatic
 after an interruption), history.csv, TensorBoard logs, the final weights and report.json.
 """
 
+import contextlib
 import sys
 import time
 
 from keras_ffl import run_dir
 from keras_ffl.cli import run_main
+from keras_ffl.errors import DataError
 from keras_ffl.config import config_from_flags, parse_argv
 
 
@@ -42,37 +44,47 @@ def train(config, extra_callbacks=()):
     returns the report dict."""
     import keras
 
-    from keras_ffl.build import build
-    from keras_ffl.callbacks import (AtomicCheckpoint, EpochVariable, GuardedBackupAndRestore, Throughput,
+    from keras_ffl.build import build, initialize_from
+    from keras_ffl.callbacks import (AtomicCheckpoint, EpochVariable, ResumeCheckpoint, Throughput,
                                      save_weights_atomically)
-    from keras_ffl.distribute import configure_devices, is_chief, make_strategy
+    from keras_ffl.distribute import (cluster_from_flags, configure_devices, distribute_by_data, is_chief,
+                                      make_strategy)
     from keras_ffl.methods import METHODS
     from keras_ffl.report import format_table, summarize, write_report
 
     run_pretraining(config, extra_callbacks)
 
     configure_devices(config.cpu_devices)
+    cluster_from_flags(config.worker_hosts, config.task_index)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(config.mixed_precision)
     strategy = make_strategy(config.strategy, config.cpu_devices)
     chief = is_chief(strategy)
+    if chief:
+        run_dir.check_writable(config.model_dir)
     keras.utils.set_random_seed(config.seed)
 
     with strategy.scope():
         model, data = build(config)
+    if chief:
+        run_dir.check_free_space(config.model_dir, model)
     warm_start = METHODS[config.method].warm_start
     if warm_start:
         warm_start(model, config)
     resuming = run_dir.claim(config)
+    if config.init_dir and not resuming:
+        initialize_from(model, config.init_dir)
     if chief:
         config.save(run_dir.path(config.model_dir, run_dir.CONFIG))
 
     throughput = Throughput(config.batch_size)
+    resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief)
+    start_epoch = resume.resume_epoch()
     callbacks = [
         EpochVariable(),
         throughput,
         keras.callbacks.TerminateOnNaN(),
-        GuardedBackupAndRestore(run_dir.path(config.model_dir, run_dir.BACKUP)),
+        resume,
     ]
     if chief:
         callbacks += [
@@ -82,9 +94,10 @@ def train(config, extra_callbacks=()):
         ]
     callbacks += list(extra_callbacks)
 
-    train_ds = data.train.repeat() if config.steps_per_epoch else data.train
+    # The stream starts where the resume checkpoint is, so a resumed epoch sees the same batches.
+    train_ds = distribute_by_data(data.train_from(start_epoch))
     if resuming:
-        print(f"Resuming the run in {config.model_dir}", flush=True)
+        print(f"Resuming the run in {config.model_dir} after epoch {start_epoch}", flush=True)
     print(
         f"{config.method.upper()} on {config.dataset}: {config.num_branches} x "
         f"{'/'.join(config.backbones)} ({config.topology}), {model.count_params():,} parameters, "
@@ -93,16 +106,17 @@ def train(config, extra_callbacks=()):
         flush=True,
     )
     started = time.time()
-    history = model.fit(
-        train_ds,
-        epochs=config.epochs,
-        steps_per_epoch=data.steps_per_epoch if config.steps_per_epoch else None,
-        validation_data=data.test if config.validation_freq else None,
-        validation_freq=config.validation_freq or 1,
-        callbacks=callbacks,
-        verbose=config.verbose,
-        shuffle=False,  # the pipeline shuffles; Keras would only warn
-    )
+    with corrupt_data_reported(config.model_dir):
+        history = model.fit(
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=data.steps_per_epoch,
+            validation_data=distribute_by_data(data.test) if config.validation_freq else None,
+            validation_freq=config.validation_freq or 1,
+            callbacks=callbacks,
+            verbose=config.verbose,
+            shuffle=False,  # the pipeline shuffles; Keras would only warn
+        )
     train_seconds = time.time() - started
     if model.stop_training and history.history.get("loss") and not all(
         v == v and abs(v) != float("inf") for v in history.history["loss"]
@@ -111,7 +125,8 @@ def train(config, extra_callbacks=()):
             f"training stopped: the loss became NaN or inf; the last good checkpoint is in {config.model_dir}"
         )
 
-    metrics = model.evaluate(data.test, return_dict=True, verbose=0)
+    with corrupt_data_reported(config.model_dir):
+        metrics = model.evaluate(distribute_by_data(data.test), return_dict=True, verbose=0)
     rows = summarize(metrics, model.part_names)
     report = {
         "config": config.to_dict(),
@@ -131,6 +146,25 @@ def train(config, extra_callbacks=()):
         print(f"train throughput: {report['train_img_per_sec']:.0f} img/s; wall time {train_seconds:.0f} s")
     print(f"report: {run_dir.path(config.model_dir, run_dir.REPORT)}", flush=True)
     return report
+
+
+@contextlib.contextmanager
+def corrupt_data_reported(model_dir):
+    """Turns a corrupt record met mid-run (a TFRecord that fails its checksum, an image that is
+    not a whole JPEG) into a one-line DataError that names it; the checkpoints stay."""
+    import tensorflow as tf
+
+    from keras_ffl.data.imagenet import CORRUPT_RECORD
+
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        message = " ".join(str(e.message).split())
+        if isinstance(e, tf.errors.InvalidArgumentError) and CORRUPT_RECORD not in message:
+            raise
+        # TensorFlow's text: "assertion failed: [corrupt image record: NAME (...)] [[{{node ...}}]]".
+        where = message[message.index(CORRUPT_RECORD):].split("]")[0] if CORRUPT_RECORD in message else message
+        raise DataError(f"{where}; the last checkpoint in {model_dir} is intact") from None
 
 
 def main(argv=None):

@@ -31,7 +31,10 @@ def test_four_stage_resnet_parameter_counts(name, shape, classes, expected):
     assert trainable_params(model) == expected
     stem = model.get_layer("stem_conv").kernel.shape
     assert stem[:2] == ((7, 7) if shape[0] == 224 else (3, 3))
-    assert model.get_layer("middle").output.shape[1:] == (shape[0] // (16 if shape[0] == 224 else 4),) * 2 + (256,)
+    # The trunk/branch boundary: after stage 3 on CIFAR, after stage 2 on ImageNet (the last two
+    # stages are branches there, paper 000 Sec. IV).
+    middle = (28, 28, 128) if shape[0] == 224 else (8, 8, 256)
+    assert model.get_layer("middle").output.shape[1:] == middle
     assert model.outputs[1].shape[-1] == parse_backbone(name).feature_channels == 512
 
 

@@ -172,7 +172,7 @@ def test_a_nan_loss_stops_the_run_and_the_last_good_checkpoint_survives(tmp_path
     assert not os.path.exists(run_dir.path(config.model_dir, run_dir.REPORT))
     model = build_model(config, 10, (32, 32, 3))
     compile_model(model, config, 4)
-    for name in (run_dir.LAST_CHECKPOINT, os.path.join(run_dir.BACKUP, "latest.weights.h5")):
+    for name in (run_dir.LAST_CHECKPOINT, os.path.join(run_dir.BACKUP, "epoch-1.weights.h5")):
         model.load_weights(run_dir.path(config.model_dir, name))
         weights = model.get_weights()
         assert all(np.isfinite(w).all() for w in weights), name
@@ -192,8 +192,9 @@ def test_a_corrupt_resume_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(config, extra_callbacks=[StopAfterTwoEpochs()])
-    latest = run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "latest.weights.h5"))
-    with open(latest, "r+b") as f:  # a torn write: the file's second half is gone
+    latest = run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "epoch-2.weights.h5"))
+    assert os.path.exists(run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "epoch-1.weights.h5")))
+    with open(latest, "r+b") as f:  # damaged on disk: the file's second half is gone
         f.truncate(os.path.getsize(latest) // 2)
 
     class Record(keras.callbacks.Callback):

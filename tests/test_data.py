@@ -86,7 +86,8 @@ def test_synthetic_data_is_deterministic_and_learnable_shape():
 def test_pad_crop_flip_gives_crops_of_the_reflect_padded_image():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, (6, 8, 8, 2)).astype(np.float32)
-    out = pad_crop_flip(tf.constant(images), tf.constant([3, 4], tf.int64), pad=2).numpy()
+    draws = tf.random.stateless_uniform([len(images), 3], [3, 4])
+    out = pad_crop_flip(tf.constant(images), draws, pad=2).numpy()
     padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
     offsets_seen = set()
     for i in range(len(images)):
@@ -109,3 +110,47 @@ def test_augmentation_stream_is_seeded():
     np.testing.assert_array_equal(first, second)
     other = next(iter(load_data(tiny_config(train_examples=32, batch_size=32, seed=1)).train))[0].numpy()
     assert not np.array_equal(first, other)
+
+
+def imagenet_config(**overrides):
+    base = dict(dataset="imagenet2012", backbones=("resnet18",), train_examples=0, test_examples=0, batch_size=4,
+                eval_batch_size=3, download=False)
+    return tiny_config(**{**base, **overrides})
+
+
+def test_imagenet_pipeline_through_tfds_mock_data():
+    with tfds.testing.mock_data(num_examples=10):
+        data = load_data(imagenet_config())
+        first = [x.numpy() for x, _ in data.train.take(6)]  # epochs 0 and 1 (3 steps each)
+        again = [x.numpy() for x, _ in data.train_from(1).take(3)]
+        test_images, test_labels = next(iter(data.test))
+    assert (data.num_classes, data.image_shape, data.train_size, data.test_size) == (1000, (224, 224, 3), 10, 10)
+    assert data.steps_per_epoch == 3
+    assert first[0].shape == (4, 224, 224, 3) and first[2].shape == (2, 224, 224, 3)  # the epoch's last batch
+    assert test_images.shape == (3, 224, 224, 3) and test_labels.dtype == tf.int64
+    assert abs(float(np.mean(first[0]))) < 1.5 and 0.2 < float(np.std(first[0])) < 2.0  # standardised
+    # The stream is a function of (seed, epoch): epoch 1 from a fresh start equals epoch 1 of
+    # the whole stream, and differs from epoch 0 (new order, new crops).
+    for a, b in zip(first[3:], again):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(first[0], first[3])
+
+
+def test_a_corrupt_image_record_is_named(monkeypatch):
+    from keras_ffl.data import sources
+    from keras_ffl.errors import DataError as UserDataError
+    from keras_ffl.train import corrupt_data_reported
+
+    good = tf.io.encode_jpeg(tf.zeros((40, 30, 3), tf.uint8)).numpy()
+    records = ([good, good[: len(good) // 2], good], [1, 2, 3], [b"n0001_a.JPEG", b"n0002_torn.JPEG", b"n0003_c.JPEG"])
+
+    def fake_split(name, split, data_dir, download, manual_dir=""):
+        return tf.data.Dataset.from_tensor_slices(records)
+
+    monkeypatch.setattr(sources, "tfds_split", fake_split)
+    data = load_data(imagenet_config(batch_size=3))
+    with pytest.raises(UserDataError, match=r"corrupt image record: n0002_torn.JPEG \(not a complete JPEG\); the last"):
+        with corrupt_data_reported("runs/x"):
+            next(iter(data.train))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="n0002_torn.JPEG"):
+        next(iter(data.test))

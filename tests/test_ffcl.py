@@ -143,6 +143,6 @@ def test_given_pretrained_dir_skips_the_stage_and_must_match(two_stage_run, tmp_
     report = train(reuse)
     assert not os.path.exists(tmp_path / "reuse" / "pretrain")
     assert report["results"]["pretrained1"] == first["results"]["pretrained1"]
-    with pytest.raises(ConfigError, match="peers are resnet8, wrn10_1"):
+    with pytest.raises(ConfigError, match="networks are resnet8, wrn10_1"):
         replace(config, backbones=("resnet8", "wrn10_1"), model_dir=str(tmp_path / "other"),
                 pretrained_dir=config.pretrained_dir)

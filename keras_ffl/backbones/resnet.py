@@ -8,8 +8,11 @@ torchvision do:
   adaptation of ResNet-18/34, e.g. kuangliu/pytorch-cifar);
 * larger images: conv7x7 -> 64, stride 2, BN, ReLU, max-pool 3x3 stride 2 (ImageNet).
 
-Shared-trunk split: the stem and stages 1-3 are the trunk, stage 4 plus the head is a
-branch (its blocks are the last two of ResNet-18 and the last three of ResNet-34).
+Shared-trunk split (FFL/ONE "case 1"): with the CIFAR stem the last stage is a branch
+(stem and stages 1-3 shared), as the CIFAR networks split; with the ImageNet stem the last
+two stages are branches (stem and stages 1-2 shared): "in ImageNet ... separate the last 2
+blocks for giving more learning capacity in the same way as ONE" (paper 000, Sec. IV),
+ONE's ImageNet ResNet duplicating layer3 and layer4.
 """
 
 from keras import layers
@@ -41,14 +44,17 @@ class ResNet(PostActivationResNet):
         return layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
 
     def trunk_layers(self, x):
+        imagenet = x.shape[1] is not None and x.shape[1] >= IMAGENET_STEM_MIN_SIZE
         x = self.stem(x)
-        for index in range(3):
+        for index in range(2 if imagenet else 3):
             x = self.stage(x, index + 1, WIDTHS[index], 1 if index == 0 else 2, blocks=self.blocks[index])
         return x
 
     def head_layers(self, x, num_classes):
-        features = self.stage(x, 4, WIDTHS[3], 2, blocks=self.blocks[3])
-        return self.classify(features, num_classes), features
+        # The trunk's channel count says where it stopped (ImageNet: after stage 2).
+        for index in range(WIDTHS.index(x.shape[-1]) + 1, 4):
+            x = self.stage(x, index + 1, WIDTHS[index], 2, blocks=self.blocks[index])
+        return self.classify(x, num_classes), x
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth}

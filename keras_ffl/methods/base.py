@@ -28,6 +28,11 @@ from keras_ffl.losses import rampup_weight
 RAMPED_PREFIX = "kd_"
 
 
+def in_multi_worker_mode():
+    strategy = tf.distribute.get_strategy()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+
+
 class OnlineDistiller(keras.Model):
     """Base class of every method; see the module docstring for the contract."""
 
@@ -199,9 +204,25 @@ class OnlineDistiller(keras.Model):
         for name, values in terms.items():
             self.loss_trackers[name].update_state(ops.mean(values))
         self.loss_trackers["loss"].update_state(self.weighted_sum(terms, reduce=ops.mean))
-        return {m.name: m.result() for m in self.metrics}
+        results = {m.name: m.result() for m in self.metrics}
+        if in_multi_worker_mode():
+            # Keras averages step results across workers with strategy.reduce(MEAN, axis=0),
+            # which needs an axis: a scalar fails ("Invalid reduction dimension 0").
+            results = {name: ops.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     # ------------------------------------------------------------------ fit hooks
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras 3's TF trainer builds a distributed model at the start of ``fit`` from a first
+        batch it averages with ``strategy.reduce``, which MultiWorkerMirroredStrategy cannot do
+        eagerly on per-replica values (keras-team/keras#20585: "unsupported type PerReplica").
+        Everything it would build already exists here (``build_model`` calls the model and
+        ``compile_model`` builds the optimisers; the losses and metrics are the method's own),
+        so it is skipped then, which also spares pulling and discarding a first batch."""
+        if self.built and self.optimizer is not None and self.optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def train_step(self, data):
         images, labels = data[0], data[1]
         variables = self.trainable_variables
