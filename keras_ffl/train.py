@@ -8,13 +8,11 @@ The run directory receives config.json, per-epoch checkpoints (resumed automatic
 after an interruption), history.csv, TensorBoard logs, the final weights and report.json.
 """
 
-import contextlib
 import sys
 import time
 
 from keras_ffl import run_dir
 from keras_ffl.cli import run_main
-from keras_ffl.errors import DataError
 from keras_ffl.config import config_from_flags, parse_argv
 
 
@@ -45,6 +43,7 @@ def train(config, extra_callbacks=()):
     import keras
 
     from keras_ffl.build import build, initialize_from
+    from keras_ffl.data import corrupt_records_named
     from keras_ffl.callbacks import (AtomicCheckpoint, EpochVariable, ResumeCheckpoint, Throughput,
                                      save_weights_atomically)
     from keras_ffl.distribute import (cluster_from_flags, configure_devices, distribute_by_data, is_chief,
@@ -106,7 +105,7 @@ def train(config, extra_callbacks=()):
         flush=True,
     )
     started = time.time()
-    with corrupt_data_reported(config.model_dir):
+    with corrupt_records_named(config):
         history = model.fit(
             train_ds,
             epochs=config.epochs,
@@ -125,7 +124,7 @@ def train(config, extra_callbacks=()):
             f"training stopped: the loss became NaN or inf; the last good checkpoint is in {config.model_dir}"
         )
 
-    with corrupt_data_reported(config.model_dir):
+    with corrupt_records_named(config):
         metrics = model.evaluate(distribute_by_data(data.test), return_dict=True, verbose=0)
     rows = summarize(metrics, model.part_names)
     report = {
@@ -146,25 +145,6 @@ def train(config, extra_callbacks=()):
         print(f"train throughput: {report['train_img_per_sec']:.0f} img/s; wall time {train_seconds:.0f} s")
     print(f"report: {run_dir.path(config.model_dir, run_dir.REPORT)}", flush=True)
     return report
-
-
-@contextlib.contextmanager
-def corrupt_data_reported(model_dir):
-    """Turns a corrupt record met mid-run (a TFRecord that fails its checksum, an image that is
-    not a whole JPEG) into a one-line DataError that names it; the checkpoints stay."""
-    import tensorflow as tf
-
-    from keras_ffl.data.imagenet import CORRUPT_RECORD
-
-    try:
-        yield
-    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
-        message = " ".join(str(e.message).split())
-        if isinstance(e, tf.errors.InvalidArgumentError) and CORRUPT_RECORD not in message:
-            raise
-        # TensorFlow's text: "assertion failed: [corrupt image record: NAME (...)] [[{{node ...}}]]".
-        where = message[message.index(CORRUPT_RECORD):].split("]")[0] if CORRUPT_RECORD in message else message
-        raise DataError(f"{where}; the last checkpoint in {model_dir} is intact") from None
 
 
 def main(argv=None):

@@ -139,7 +139,7 @@ def test_imagenet_pipeline_through_tfds_mock_data():
 def test_a_corrupt_image_record_is_named(monkeypatch):
     from keras_ffl.data import sources
     from keras_ffl.errors import DataError as UserDataError
-    from keras_ffl.train import corrupt_data_reported
+    from keras_ffl.data import corrupt_records_named
 
     good = tf.io.encode_jpeg(tf.zeros((40, 30, 3), tf.uint8)).numpy()
     records = ([good, good[: len(good) // 2], good], [1, 2, 3], [b"n0001_a.JPEG", b"n0002_torn.JPEG", b"n0003_c.JPEG"])
@@ -148,9 +148,34 @@ def test_a_corrupt_image_record_is_named(monkeypatch):
         return tf.data.Dataset.from_tensor_slices(records)
 
     monkeypatch.setattr(sources, "tfds_split", fake_split)
-    data = load_data(imagenet_config(batch_size=3))
+    config = imagenet_config(batch_size=3, model_dir="runs/x")
+    data = load_data(config)
     with pytest.raises(UserDataError, match=r"corrupt image record: n0002_torn.JPEG \(not a complete JPEG\); the last"):
-        with corrupt_data_reported("runs/x"):
+        with corrupt_records_named(config):
             next(iter(data.train))
     with pytest.raises(tf.errors.InvalidArgumentError, match="n0002_torn.JPEG"):
         next(iter(data.test))
+
+
+def test_a_corrupt_tfrecord_shard_is_named(tmp_path, monkeypatch):
+    from keras_ffl.data import corrupt_records_named, sources
+    from keras_ffl.errors import DataError as UserDataError
+
+    paths = [str(tmp_path / f"cifar10-train.tfrecord-0000{i}-of-00002") for i in range(2)]
+    for path in paths:
+        with tf.io.TFRecordWriter(path) as writer:
+            for i in range(5):
+                writer.write(b"record %d " % i * 10)
+    damaged = bytearray(open(paths[1], "rb").read())
+    damaged[130] ^= 0xFF  # a flipped byte inside the third record's payload
+    open(paths[1], "wb").write(bytes(damaged))
+    assert sources.find_corrupt_tfrecord(paths).startswith(f"corrupt TFRecord {paths[1]} (corrupted record at ")
+
+    import keras_ffl.data as data_module
+
+    monkeypatch.setattr(data_module, "tfds_record_files", lambda name, data_dir: paths)
+    config = tiny_config(dataset="cifar10", download=False, model_dir="runs/x")
+    with pytest.raises(UserDataError, match=f"corrupt TFRecord {paths[1]} .*the last checkpoint in runs/x is intact"):
+        with corrupt_records_named(config):
+            for _ in tf.data.TFRecordDataset(paths):
+                pass

@@ -13,6 +13,7 @@ killed and resumed at epoch k sees exactly the batches the uninterrupted run saw
 ``steps_per_epoch`` batches per epoch, which is exactly one epoch of the stream.
 """
 
+import contextlib
 import dataclasses
 import math
 from typing import Callable
@@ -20,8 +21,8 @@ from typing import Callable
 import tensorflow as tf
 
 from keras_ffl.data.augment import normalize, pad_crop_flip
-from keras_ffl.data.imagenet import evaluation_example, training_example
-from keras_ffl.data.sources import DataError, load_split
+from keras_ffl.data.imagenet import CORRUPT_RECORD, evaluation_example, training_example
+from keras_ffl.data.sources import DataError, find_corrupt_tfrecord, load_split, tfds_record_files
 
 # (mean, std) per channel.
 NORMALIZATION = {
@@ -168,4 +169,27 @@ def load_data(config, splits=("train", "test")):
     return Data(train_from, test, spec.num_classes, spec.image_shape, train_size, test_size, steps, mean, std)
 
 
-__all__ = ["Data", "DataError", "load_data", "NORMALIZATION"]
+@contextlib.contextmanager
+def corrupt_records_named(config):
+    """Turns a corrupt record met mid-run into a one-line DataError that names it: an image
+    that is not a whole JPEG (the pipeline names its record), or a TFRecord that fails its
+    checksum (TensorFlow names only the offset, so the dataset's files are scanned for it).
+    The checkpoints stay as they were."""
+    try:
+        yield
+    except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+        message = " ".join(str(e.message).split())
+        if CORRUPT_RECORD in message:
+            # TensorFlow's text: "assertion failed: [corrupt image record: NAME (...)] [[{{node ...}}]]".
+            where = message[message.index(CORRUPT_RECORD):].split("]")[0]
+        elif isinstance(e, tf.errors.DataLossError):
+            found = None
+            if config.dataset_spec.source == "tfds":
+                found = find_corrupt_tfrecord(tfds_record_files(config.dataset, config.data_dir))
+            where = found or f"corrupt data in {config.dataset}: {message[-200:]}"
+        else:
+            raise
+        raise DataError(f"{where}; the last checkpoint in {config.model_dir} is intact") from None
+
+
+__all__ = ["Data", "DataError", "corrupt_records_named", "load_data", "NORMALIZATION"]

@@ -89,6 +89,31 @@ def tfds_split(name, split, data_dir, download, manual_dir=""):
         raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}{hint}") from None
 
 
+def tfds_record_files(name, data_dir):
+    """The prepared record files of every split of a tfds dataset ([] when unknown)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+        return [str(p) for split in builder.info.splits.values() for p in split.filepaths]
+    except Exception:  # noqa: BLE001 - only a diagnosis: no files means no file is named
+        return []
+
+
+def find_corrupt_tfrecord(paths):
+    """Reads each TFRecord file through; the first that fails its checksum, as
+    "corrupt TFRecord <file> (corrupted record at <byte offset>)", or None."""
+    import re
+
+    for path in paths:
+        try:
+            tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)
+        except tf.errors.DataLossError as e:
+            offset = re.search(r"corrupted record at \d+", str(e.message))
+            return f"corrupt TFRecord {path} ({offset[0] if offset else 'unreadable'})"
+    return None
+
+
 def load_split(dataset, split, data_dir, download, seed, num_examples, manual_dir=""):
     """Returns ``(tf.data.Dataset of examples, number of examples)``: ``(uint8 image, label)``
     or, for encoded-image datasets, ``(JPEG bytes, label, record name)``."""
