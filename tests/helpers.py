@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import h5py
+
 import numpy as np
 
 from keras_ffl.config import Config
@@ -33,3 +35,11 @@ def replace(config, **changes):
 def random_batch(batch=8, shape=(32, 32, 3), classes=10, seed=0):
     rng = np.random.default_rng(seed)
     return rng.normal(size=(batch, *shape)).astype("float32"), rng.integers(0, classes, batch).astype("int64")
+
+
+def read_weights(path):
+    """Every array of a ``.weights.h5`` file, by its path inside the file."""
+    values = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, item: values.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
+    return values

@@ -11,11 +11,10 @@ import signal
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
-from helpers import tiny_config
+from helpers import read_weights, tiny_config
 from keras_ffl import run_dir
 from keras_ffl.config import ConfigError
 
@@ -41,13 +40,6 @@ train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
 def run(*args):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
-
-
-def read_weights(path):
-    values = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: values.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
-    return values
 
 
 def test_kill_9_mid_epoch_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path):

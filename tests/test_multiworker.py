@@ -14,10 +14,10 @@ import socket
 import subprocess
 import sys
 
-import h5py
 import numpy as np
 import pytest
 
+from helpers import read_weights
 from keras_ffl.train import parse_config, train
 
 FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
@@ -33,13 +33,6 @@ def free_ports(count):
     for s in sockets:
         s.close()
     return ports
-
-
-def read_weights(path):
-    values = {}
-    with h5py.File(path, "r") as f:
-        f.visititems(lambda name, item: values.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
-    return values
 
 
 def read_history(model_dir):
