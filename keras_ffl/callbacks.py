@@ -113,13 +113,17 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
     def resume_epoch(self):
         """The number of finished epochs to resume after (0 for a fresh run)."""
         self.chosen = None
-        for epoch, path in self.checkpoints():
+        found = self.checkpoints()
+        for epoch, path in found:
             problem = unreadable(path)
             if problem is None:
                 self.chosen = (epoch, path)
                 return epoch
             print(f"warning: resume checkpoint {path} cannot be read ({problem}); trying the previous one",
                   file=sys.stderr, flush=True)
+        if found:  # starting over would overwrite them: the user decides
+            raise ResumeError(f"no resume checkpoint in {self.backup_dir} can be read; move that folder away to "
+                              "start the run over")
         return 0
 
     def on_train_begin(self, logs=None):

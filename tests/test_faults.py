@@ -151,3 +151,29 @@ def test_init_dir_starts_the_networks_from_a_finished_run(tmp_path):
         tiny_config(method="dml", backbones=("wrn10_1", "resnet8"), init_dir=vanilla.model_dir)
     with pytest.raises(ConfigError, match="--init_dir starts independent networks"):
         tiny_config(method="ffl", init_dir=vanilla.model_dir)
+
+
+def test_when_no_resume_checkpoint_reads_the_run_stops_and_keeps_them(tmp_path):
+    import keras
+
+    from keras_ffl.errors import ResumeError
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=4, model_dir=str(tmp_path / "run"), validation_freq=0)
+
+    class StopAfterTwoEpochs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[StopAfterTwoEpochs()])
+    backup = run_dir.path(config.model_dir, run_dir.BACKUP)
+    sizes = {}
+    for name in os.listdir(backup):
+        with open(os.path.join(backup, name), "r+b") as f:
+            f.truncate(1000)
+        sizes[name] = 1000
+    with pytest.raises(ResumeError, match="no resume checkpoint in .*backup can be read; move that folder away"):
+        train(config)
+    assert {n: os.path.getsize(os.path.join(backup, n)) for n in os.listdir(backup)} == sizes
