@@ -43,3 +43,20 @@ def read_weights(path):
     with h5py.File(path, "r") as f:
         f.visititems(lambda name, item: values.__setitem__(name, item[()]) if isinstance(item, h5py.Dataset) else None)
     return values
+
+
+def train_until_interrupted(config, after_epoch=1):
+    """Trains ``config`` and interrupts it (KeyboardInterrupt) at the end of ``after_epoch``,
+    as Ctrl-C would: the run's directory holds what the callbacks wrote up to then."""
+    import keras
+    import pytest
+
+    from keras_ffl.train import train
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == after_epoch:
+                raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[Interrupt()])

@@ -13,7 +13,7 @@ import keras
 import pytest
 
 from conftest import REPO
-from helpers import tiny_config
+from helpers import tiny_config, train_until_interrupted
 from keras_ffl import run_dir
 from keras_ffl.build import build_model, compile_model
 
@@ -105,18 +105,11 @@ def test_evaluate_errors(tmp_path):
     assert no_dir.returncode == 2 and "--model_dir is required" in no_dir.stderr
 
 
-class Interrupt(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == 1:
-            raise KeyboardInterrupt("simulated interruption")
-
-
 def test_interrupted_run_resumes_where_it_stopped(tmp_path):
     from keras_ffl.train import train
 
     config = tiny_config(epochs=4, model_dir=str(tmp_path / "run"), rampup_epochs=2, lr_milestones=(2,))
-    with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=[Interrupt()])
+    train_until_interrupted(config, after_epoch=1)
     assert os.path.exists(run_dir.path(config.model_dir, run_dir.BACKUP))
     assert not os.path.exists(run_dir.path(config.model_dir, run_dir.REPORT))
     assert run_dir.claim(config) is True
@@ -185,13 +178,7 @@ def test_a_corrupt_resume_checkpoint_falls_back_to_the_previous_one(tmp_path):
 
     config = tiny_config(epochs=4, model_dir=str(tmp_path / "run"), validation_freq=0)
 
-    class StopAfterTwoEpochs(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=[StopAfterTwoEpochs()])
+    train_until_interrupted(config, after_epoch=1)
     latest = run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "epoch-2.weights.h5"))
     assert os.path.exists(run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "epoch-1.weights.h5")))
     with open(latest, "r+b") as f:  # damaged on disk: the file's second half is gone

@@ -14,7 +14,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import read_weights, tiny_config
+from helpers import read_weights, tiny_config, train_until_interrupted
 from keras_ffl import run_dir
 from keras_ffl.config import ConfigError
 
@@ -154,20 +154,12 @@ def test_init_dir_starts_the_networks_from_a_finished_run(tmp_path):
 
 
 def test_when_no_resume_checkpoint_reads_the_run_stops_and_keeps_them(tmp_path):
-    import keras
-
     from keras_ffl.errors import ResumeError
     from keras_ffl.train import train
 
     config = tiny_config(epochs=4, model_dir=str(tmp_path / "run"), validation_freq=0)
 
-    class StopAfterTwoEpochs(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if epoch == 1:
-                raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, extra_callbacks=[StopAfterTwoEpochs()])
+    train_until_interrupted(config, after_epoch=1)
     backup = run_dir.path(config.model_dir, run_dir.BACKUP)
     sizes = {}
     for name in os.listdir(backup):
