@@ -87,7 +87,7 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
       renamed to ``epoch-N.weights.h5`` (N = epochs done), so a file under its final name is
       always whole, and the epoch number travels with the weights (Keras keeps it in a
       separate JSON file, which a kill between the two writes leaves stale);
-    * the two newest files are kept; ``resume_epoch()`` picks the newest one that reads,
+    * the two newest files are kept; ``restore(model)`` loads the newest one that loads,
       *before* the data stream is built, so the stream starts at the epoch the weights are at;
     * nothing is written after a diverged (NaN/inf) epoch, and the files are kept when
       training ends that way, so rerunning resumes from the last good epoch;
@@ -100,7 +100,7 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, delete_checkpoint=True)
         self.write, self.keep = write, keep
         self.diverged = False
-        self.chosen = None
+        self.restored = False
 
     def checkpoints(self):
         """``[(epochs done, path)]``, newest first."""
@@ -110,37 +110,32 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
                  if (m := self.NAME.fullmatch(n))]
         return sorted(found, reverse=True)
 
-    def resume_epoch(self):
-        """The number of finished epochs to resume after (0 for a fresh run)."""
-        self.chosen = None
+    def restore(self, model):
+        """Loads the newest checkpoint that loads into ``model`` (weights and optimiser state),
+        falling back to the one before, and tells ``fit`` to start after it.  Returns the
+        number of finished epochs (0 for a fresh run)."""
+        self.restored = True
         found = self.checkpoints()
+        if found and model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
         for epoch, path in found:
-            problem = unreadable(path)
-            if problem is None:
-                self.chosen = (epoch, path)
-                return epoch
-            print(f"warning: resume checkpoint {path} cannot be read ({problem}); trying the previous one",
-                  file=sys.stderr, flush=True)
+            try:
+                model.load_weights(path)  # a failed load is overwritten whole by the next one tried
+            except Exception as e:  # noqa: BLE001 - h5py and Keras raise several types
+                detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+                print(f"warning: resume checkpoint {path} cannot be read ({detail}); trying the previous one",
+                      file=sys.stderr, flush=True)
+                continue
+            model._initial_epoch = epoch
+            return epoch
         if found:  # starting over would overwrite them: the user decides
             raise ResumeError(f"no resume checkpoint in {self.backup_dir} can be read; move that folder away to "
                               "start the run over")
         return 0
 
     def on_train_begin(self, logs=None):
-        if self.chosen is None:
-            self.resume_epoch()
-        if self.chosen is None:
-            return
-        epoch, path = self.chosen
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        try:
-            self.model.load_weights(path)
-        except Exception as e:  # noqa: BLE001 - h5py and Keras raise several types
-            detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise ResumeError(f"resume checkpoint {path} cannot be loaded ({detail}); move it away to resume "
-                              "from the one before") from None
-        self.model._initial_epoch = epoch
+        if not self.restored:  # used on its own, outside keras_ffl.train
+            self.restore(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
         self.diverged = self.diverged or diverged(logs)
@@ -156,18 +151,6 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
     def on_train_end(self, logs=None):
         if self.write and not self.diverged:  # a finished run needs no resume point
             super().on_train_end(logs)
-
-
-def unreadable(path):
-    """None when ``path`` is an HDF5 file whose every dataset reads, else the reason."""
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            f.visititems(lambda name, item: item[()] if isinstance(item, h5py.Dataset) else None)
-    except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, RuntimeError...
-        return str(e).splitlines()[0] if str(e) else type(e).__name__
-    return None
 
 
 def save_weights_atomically(model, path):

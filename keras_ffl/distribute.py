@@ -41,7 +41,6 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-
 def cluster_from_flags(worker_hosts, task_index):
     """Sets TF_CONFIG from ``--worker_hosts``/``--task_index`` (the config check has refused a
     different TF_CONFIG already)."""

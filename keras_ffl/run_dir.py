@@ -73,10 +73,7 @@ CHECKPOINT_COPIES = 5
 
 def check_free_space(model_dir, model):
     """ConfigError when the disk under ``model_dir`` cannot hold the run's checkpoints."""
-    variables = list(model.weights) + list(getattr(model.optimizer, "variables", []))
-    feature_optimizer = getattr(model, "feature_optimizer", None)
-    if feature_optimizer is not None:
-        variables += list(feature_optimizer.variables)
+    variables = list(model.weights) + [v for optimizer in model.optimizers for v in optimizer.variables]
     checkpoint = sum(math.prod(int(d) for d in v.shape) * 4 for v in variables)
     needed = CHECKPOINT_COPIES * checkpoint
     free = shutil.disk_usage(model_dir).free

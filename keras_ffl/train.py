@@ -78,7 +78,7 @@ def train(config, extra_callbacks=()):
 
     throughput = Throughput(config.batch_size)
     resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief)
-    start_epoch = resume.resume_epoch()
+    start_epoch = resume.restore(model)
     callbacks = [
         EpochVariable(),
         throughput,

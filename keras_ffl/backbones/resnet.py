@@ -35,8 +35,8 @@ class ResNet(PostActivationResNet):
         self.blocks = RESNET4_BLOCKS[depth]
         self.name = f"resnet{depth}"
 
-    def stem(self, x):
-        if x.shape[1] is not None and x.shape[1] >= IMAGENET_STEM_MIN_SIZE:
+    def stem(self, x, imagenet):
+        if imagenet:
             x = conv(64, 7, 2, name="stem_conv")(x)
             x = layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
             return layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
@@ -45,7 +45,7 @@ class ResNet(PostActivationResNet):
 
     def trunk_layers(self, x):
         imagenet = x.shape[1] is not None and x.shape[1] >= IMAGENET_STEM_MIN_SIZE
-        x = self.stem(x)
+        x = self.stem(x, imagenet)
         for index in range(2 if imagenet else 3):
             x = self.stage(x, index + 1, WIDTHS[index], 1 if index == 0 else 2, blocks=self.blocks[index])
         return x

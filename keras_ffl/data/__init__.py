@@ -60,6 +60,11 @@ def fold(seed, value):
     return tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
 
 
+def seed_of_epoch(seed, epoch):
+    """The stateless seed every random draw of one epoch is derived from."""
+    return fold(tf.constant([seed, 0], tf.int64), epoch)
+
+
 def window_shuffle(ds, window, seed):
     """Shuffles a streamed dataset window by window (each window of ``window`` consecutive
     elements gets its own stateless permutation): ``shuffle``'s buffer without the hidden
@@ -91,7 +96,7 @@ def training_pipeline(raw, *, size, batch_size, steps_per_epoch, mean, std, seed
     images, labels = next(iter(raw.batch(max(size, 1))))  # held in memory (the source was, or is small)
 
     def one_epoch(epoch):
-        epoch_seed = fold(tf.constant([seed, 0], tf.int64), epoch)
+        epoch_seed = seed_of_epoch(seed, epoch)
         order = tf.argsort(tf.random.stateless_uniform([size], fold(epoch_seed, 0)))
         draws = tf.random.stateless_uniform([size, 3], fold(epoch_seed, 2))
 
@@ -110,7 +115,7 @@ def training_pipeline(raw, *, size, batch_size, steps_per_epoch, mean, std, seed
 
 def streamed_training_pipeline(raw, batch_size, steps_per_epoch, mean, std, seed, augment, window, image_size):
     def one_epoch(epoch):
-        epoch_seed = fold(tf.constant([seed, 0], tf.int64), epoch)
+        epoch_seed = seed_of_epoch(seed, epoch)
         example_seed = fold(epoch_seed, 1)
         ds = window_shuffle(raw, window, fold(epoch_seed, 0)).enumerate()
         ds = ds.map(

@@ -1,8 +1,10 @@
 """Where examples come from: local IDX files, tfds, or a generator.  Each source yields
-``(uint8 image [H, W, C], int label)`` datasets; ``keras_ffl.data`` does the rest."""
+``(uint8 image [H, W, C], int label)`` datasets, or ``(JPEG bytes, label, record name)`` for
+datasets whose images the pipeline decodes (ImageNet); ``keras_ffl.data`` does the rest."""
 
 import gzip
 import os
+import re
 import struct
 
 import numpy as np
@@ -74,13 +76,12 @@ def tfds_split(name, split, data_dir, download, manual_dir=""):
         kwargs["download_and_prepare_kwargs"] = {
             "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
         }
+    kwargs.update(split=split, data_dir=data_dir or None, download=download, shuffle_files=False)
     try:
         if spec.encoded_images:
-            ds = tfds.load(name, split=split, data_dir=data_dir or None, download=download, shuffle_files=False,
-                           decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
+            ds = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
             return ds.map(lambda ex: (ex["image"], ex["label"], ex["file_name"]))
-        return tfds.load(name, split=split, as_supervised=True, data_dir=data_dir or None, download=download,
-                         shuffle_files=False, **kwargs)
+        return tfds.load(name, as_supervised=True, **kwargs)
     except Exception as e:  # tfds raises many types (AssertionError, DatasetNotFoundError, IOError...)
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = "" if download else " (prepare it with tfds, or pass --download)"
@@ -103,8 +104,6 @@ def tfds_record_files(name, data_dir):
 def find_corrupt_tfrecord(paths):
     """Reads each TFRecord file through; the first that fails its checksum, as
     "corrupt TFRecord <file> (corrupted record at <byte offset>)", or None."""
-    import re
-
     for path in paths:
         try:
             tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)

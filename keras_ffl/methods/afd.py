@@ -158,6 +158,10 @@ class AFD(OnlineDistiller):
                 feature_optimizer = keras.optimizers.LossScaleOptimizer(feature_optimizer)
             self.feature_optimizer = feature_optimizer
 
+    @property
+    def optimizers(self):
+        return [self.optimizer] + ([self.feature_optimizer] if self.feature_optimizer is not None else [])
+
     def build_optimizers(self):
         """Creates every optimiser variable now: MirroredStrategy fails on extra optimisers
         that build lazily inside the step (a cond/Placeholder InvalidArgumentError)."""

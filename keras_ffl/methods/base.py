@@ -97,6 +97,11 @@ class OnlineDistiller(keras.Model):
         """Creates the optimiser's variables now (see ``keras_ffl.build.compile_model``)."""
         self.optimizer.build(self.trainable_variables)
 
+    @property
+    def optimizers(self):
+        """Every optimiser the method steps; checkpoints hold all of their states."""
+        return [self.optimizer]
+
     def forward_branches(self):
         """The models ``forward`` runs: ``branches`` by default.  A method that needs more of a
         network (FFCL's middle layer) returns models sharing the branches' layers whose extra
