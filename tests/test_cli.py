@@ -46,6 +46,10 @@ def run_cli(module, *args, timeout=600):
          "use --method=vanilla"),
         (["--lr_milestones=200,100"], "increasing"),
         (["--epochs=0"], "--epochs must be positive"),
+        (["--dataset=imagenet2012", "--backbones=resnet18", "--manual_dir=/nonexistent/ilsvrc"],
+         "--manual_dir /nonexistent/ilsvrc does not exist"),
+        (["--manual_dir=/tmp"], "--manual_dir is for tfds datasets; fashion_mnist does not use it"),
+        (["--method=dml", "--init_dir=/nonexistent/run"], "no config.json in /nonexistent/run"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_before_any_work(tmp_path, args, message):
