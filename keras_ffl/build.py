@@ -1,24 +1,86 @@
 """``build(config)``: the one way a model, its optimiser and its data come from a Config.
 
-train, evaluate, and the later zoo, export and bench entry points all go through here.
-Call inside ``strategy.scope()`` when distributing.
+train, evaluate, zoo, export, bench and reproduce all go through here; the methods know
+nothing of a Config.  Each method's constructor arguments come from ``METHOD_OPTIONS``,
+its extra ``compile`` arguments from ``COMPILE_EXTRAS`` and what it loads before training
+from ``WARM_STARTS``.  Call inside the distribution scope when distributing.
 """
 
 import keras
-import numpy as np
-import tensorflow as tf
 
+from keras_ffl import distribute
 from keras_ffl.backbones import get_backbone
-from keras_ffl.data import load_data
 from keras_ffl.methods import METHODS
 
 
 def use_sync_bn(config):
-    """Synchronised BN only where there is something to synchronise: Keras's synchronised
-    path on a single replica computes a slightly different gradient from plain BN."""
-    return config.sync_bn and tf.distribute.get_strategy().num_replicas_in_sync > 1
+    """Synchronised BN only where there is something to synchronise, and only on TensorFlow:
+    Keras's synchronised path on a single replica computes a slightly different gradient
+    from plain BN, and on JAX a data-parallel step already normalises over the global batch."""
+    return bool(config.sync_bn) and keras.backend.backend() == "tensorflow" and distribute.num_replicas() > 1
 
 
+# --------------------------------------------------------------- method arguments
+def load_teacher(teacher_dir, part):
+    """Rebuilds a finished run from its model_dir and returns ``part`` as images -> logits."""
+    from keras_ffl.errors import ConfigError
+
+    model, config = load_run(teacher_dir)
+    try:
+        return part_model(model, config, part)
+    except ConfigError as e:
+        raise ConfigError(f"--teacher_part={part}: {e}") from None
+
+
+def _ffl_options(c):
+    return dict(fusion_channels=c.fusion_channels or None, fusion=c.fusion, fusion_weight_decay=c.fusion_weight_decay,
+                ensemble_kd=c.ensemble_kd, fusion_kd=c.fusion_kd, sync_bn=use_sync_bn(c))
+
+
+def _ffcl_options(c):
+    return dict(feature_knowledge=c.feature_knowledge, response_knowledge=c.response_knowledge,
+                regularization_knowledge=c.regularization_knowledge, fusion_layer=c.fusion_layer,
+                fusion_channels=c.fusion_channels or None, fusion_weight_decay=c.fusion_weight_decay,
+                ensemble_kd=c.ensemble_kd, sync_bn=use_sync_bn(c))
+
+
+#: method -> Config -> its own constructor arguments.
+METHOD_OPTIONS = {
+    "ffl": _ffl_options,
+    "dml": lambda c: dict(update=c.dml_update),
+    "one": lambda c: dict(sync_bn=use_sync_bn(c)),
+    "afd": lambda c: dict(mode=c.afd_mode, feature_weight_decay=c.feature_weight_decay, sync_bn=use_sync_bn(c)),
+    "ffcl": _ffcl_options,
+    "vanilla": lambda c: {},
+    "kd": lambda c: dict(teacher=load_teacher(c.teacher_dir, c.teacher_part)),
+}
+
+
+def _afd_compile_extras(c, steps_per_epoch):
+    """AFD's feature optimiser: Adam, lr 2e-5 x0.1 at epochs 75 and 150 (paper 003 Sec. 4)."""
+    if c.afd_mode == "kd":
+        return {}
+    schedule = step_schedule(c.feature_lr, c.feature_lr_milestones, c.lr_gamma, steps_per_epoch)
+    return {"feature_optimizer": keras.optimizers.Adam(learning_rate=schedule)}
+
+
+#: method -> (Config, steps per epoch) -> extra ``compile`` arguments.
+COMPILE_EXTRAS = {"afd": _afd_compile_extras}
+
+
+def _ffcl_warm_start(model, config):
+    """Before training: the frozen NRK teachers get the pre-trained run's networks."""
+    if model.regularization_knowledge:
+        pretrained, _ = load_run(config.pretrained_dir)
+        model.load_pretrained(pretrained.branches)
+
+
+#: method -> (model, Config) -> what training loads before its first step.  Evaluation, zoo
+#: and export get everything from the run's own weights.
+WARM_STARTS = {"ffcl": _ffcl_warm_start}
+
+
+# --------------------------------------------------------------------- the model
 def build_subnetworks(config, num_classes, image_shape):
     """Returns ``(trunk or None, [branch models])`` for a validated Config."""
     names = config.branch_backbones
@@ -37,10 +99,9 @@ def build_subnetworks(config, num_classes, image_shape):
 
 
 def build_model(config, num_classes, image_shape):
-    """Builds (and calls once, so every variable exists) the method model of a Config."""
-    cls, options = METHODS[config.method].cls, METHODS[config.method].options
+    """The method model of a Config, every variable created."""
     trunk, branches = build_subnetworks(config, num_classes, image_shape)
-    model = cls(
+    return METHODS[config.method](
         branches,
         num_classes,
         trunk=trunk,
@@ -48,10 +109,8 @@ def build_model(config, num_classes, image_shape):
         rampup_epochs=config.rampup_epochs,
         weight_decay=config.weight_decay,
         name=config.method,
-        **options(config),
+        **METHOD_OPTIONS[config.method](config),
     )
-    model(np.zeros((1, *image_shape), dtype="float32"))
-    return model
 
 
 def step_schedule(base_lr, milestones, gamma, steps_per_epoch):
@@ -71,15 +130,20 @@ def build_optimizer(config, steps_per_epoch):
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
 
 
+def jit_setting(config):
+    """``--jit_compile``: Keras's own ``"auto"`` (XLA on GPUs), or forced.  The JAX backend
+    always compiles its step."""
+    if keras.backend.backend() == "jax":
+        return True
+    return {"auto": "auto", "true": True, "false": False}[config.jit_compile]
+
+
 def compile_model(model, config, steps_per_epoch):
-    """Compiles and builds the optimiser now: restored checkpoints and MirroredStrategy both
-    need its variables to exist before ``fit``."""
-    optimizer = build_optimizer(config, steps_per_epoch)
-    jit = {"auto": "auto", "true": True, "false": False}[config.jit_compile]
-    extras = METHODS[config.method].compile_extras
-    model.compile(optimizer=optimizer, jit_compile=jit, **(extras(config, steps_per_epoch) if extras else {}))
-    # Through the model: under mixed_float16 Keras wraps optimisers in a LossScaleOptimizer.
-    model.build_optimizers()
+    """Compiles (which builds every optimiser variable: restored checkpoints and
+    MirroredStrategy both need them before ``fit``)."""
+    extras = COMPILE_EXTRAS.get(config.method)
+    model.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit_setting(config),
+                  **(extras(config, steps_per_epoch) if extras else {}))
     return model
 
 
@@ -95,8 +159,10 @@ def load_run(model_dir, weights="", **overrides):
     from keras_ffl.config import Config, ConfigError
 
     config = Config.load(run_dir.path(model_dir, run_dir.CONFIG))
+    from keras_ffl.backend import running
+
     local = {"strategy": "default", "cpu_devices": 0, "worker_hosts": (), "task_index": 0, "sync_bn": False,
-             "model_dir": model_dir}
+             "model_dir": model_dir, "backend": running() or config.backend}
     config = dataclasses.replace(config, **{**local, **overrides}).validated(check_data=False)
     weights = weights or run_dir.find_weights(model_dir)
     spec = config.dataset_spec
@@ -122,31 +188,32 @@ def part_model(model, config, part, raw_pixels=False):
     """One part of a method model as ``images -> logits``, for deployment and offline KD.
 
     ``net{k}`` carries only the trunk and branch k, and ``pretrained{k}`` only that frozen
-    network; ``fused``, ``ensemble`` and ``teacher`` need every sub-network and carry the whole
-    method model.  ``raw_pixels=True`` puts the data pipeline's standardisation in the graph,
-    so the model takes float pixels in [0, 255].
+    network; ``fused``, ``ensemble`` and ``teacher`` carry what they need of the method model.
+    ``raw_pixels=True`` puts the data pipeline's standardisation in the graph, so the model
+    takes float pixels in [0, 255].
     """
     from keras_ffl.config import ConfigError
     from keras_ffl.data import NORMALIZATION
     from keras_ffl.layers import Standardize
 
-    if part not in model.part_names:
-        raise ConfigError(f"no part '{part}' in this {config.method} model: choose from {', '.join(model.part_names)}")
-    inputs = keras.Input(config.dataset_spec.image_shape, name="pixels" if raw_pixels else "images")
-    x = Standardize(*NORMALIZATION[config.dataset], name="standardize")(inputs) if raw_pixels else inputs
-    index = "".join(c for c in part if c.isdigit())
-    if part == f"net{index}":
-        logits = model.subnetwork(int(index))(x)
-    elif part == f"pretrained{index}":
-        logits = model.pretrained[int(index)](x)[0]
-    else:
-        logits = model(x)[part]
-    return keras.Model(inputs, logits, name=f"{config.method}_{part}")
+    try:
+        part_net = model.part(part)
+    except ValueError as e:
+        raise ConfigError(str(e).replace(f"this {model.name} model", f"this {config.method} model")) from None
+    if not raw_pixels:
+        return keras.Model(part_net.inputs[0], part_net.outputs[0], name=f"{config.method}_{part}")
+    inputs = keras.Input(config.dataset_spec.image_shape, name="pixels")
+    standardized = Standardize(*NORMALIZATION[config.dataset], name="standardize")(inputs)
+    return keras.Model(inputs, part_net(standardized), name=f"{config.method}_{part}")
 
 
-def build(config, splits=("train", "test")):
-    """Data plus compiled model for a validated Config: ``(model, data)``."""
-    data = load_data(config, splits)
+def build(config, splits=("train", "test"), shard=(0, 1)):
+    """Data plus compiled model for a validated Config: ``(model, data)``.  ``shard``: this
+    process's (index, count) where several processes feed one data-parallel step (JAX)."""
+    from keras_ffl.data import load_data
+
+    method = METHODS[config.method]
+    data = load_data(config, splits, views=method.input_views, with_index=method.needs_example_index, shard=shard)
     model = build_model(config, data.num_classes, data.image_shape)
     compile_model(model, config, max(data.steps_per_epoch, 1))
     return model, data

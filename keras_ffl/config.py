@@ -77,6 +77,7 @@ class Config:
     # Initialisation.
     init_dir: str = ""
     # Run.
+    backend: str = ""
     seed: int = 0
     model_dir: str = ""
     strategy: str = "default"
@@ -180,9 +181,12 @@ class Config:
                 raise ConfigError(
                     f"--fusion=average needs equal feature channels, got {sorted(channels)}: use --fusion=module"
                 )
+        from keras_ffl.backend import resolve
+
+        backend = resolve(c.backend)
         if c.strategy == "default" and c.cpu_devices > 1:
             raise ConfigError("--cpu_devices splits the CPU for --strategy=mirrored; it does nothing with default")
-        check_cluster(c)
+        check_cluster(c, backend)
         data_dir = c.data_dir
         if c.manual_dir:
             if specs.DATASETS[c.dataset].source != "tfds":
@@ -213,6 +217,7 @@ class Config:
             feature_lr_milestones=tuple(int(m) for m in c.feature_lr_milestones),
             model_dir=model_dir,
             pretrained_dir=pretrained_dir,
+            backend=backend,
         )
 
     def pretraining_config(self):
@@ -258,7 +263,7 @@ class Config:
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
 
-    def differences(self, other, ignore=("verbose", "download", "task_index")):
+    def differences(self, other, ignore=("verbose", "download", "task_index", "backend")):
         return [
             f.name
             for f in dataclasses.fields(self)
@@ -271,14 +276,24 @@ def cluster_json(worker_hosts, task_index):
     return json.dumps({"cluster": {"worker": list(worker_hosts)}, "task": {"type": "worker", "index": task_index}})
 
 
-def check_cluster(c):
-    """Multi-worker runs need a cluster: TF_CONFIG, or --worker_hosts and --task_index."""
+def check_cluster(c, backend="tensorflow"):
+    """Multi-worker runs need a cluster: TF_CONFIG, or --worker_hosts and --task_index (JAX:
+    --worker_hosts and --task_index; worker 0 coordinates)."""
     if c.strategy != "multi_worker":
         if c.worker_hosts:
             raise ConfigError("--worker_hosts is for --strategy=multi_worker")
         return
     if c.cpu_devices:
         raise ConfigError("--cpu_devices is for --strategy=mirrored; multi-worker runs one replica per worker device")
+    if backend == "torch":
+        raise ConfigError("--strategy=multi_worker needs the tensorflow or jax backend")
+    if backend == "jax":
+        if not c.worker_hosts:
+            raise ConfigError("--strategy=multi_worker on JAX needs --worker_hosts (worker 0 coordinates) and "
+                              "--task_index")
+        if not 0 <= c.task_index < len(c.worker_hosts):
+            raise ConfigError(f"--task_index={c.task_index} but --worker_hosts lists {len(c.worker_hosts)} workers")
+        return
     tf_config = os.environ.get("TF_CONFIG", "")
     if c.worker_hosts:
         if tf_config and tf_config != cluster_json(c.worker_hosts, c.task_index):
@@ -314,7 +329,7 @@ def check_data_dir(dataset, data_dir):
                 f"Fashion-MNIST files missing in {data_dir}: {', '.join(missing)} "
                 "(apt-get install dataset-fashion-mnist, or pass --data_dir)"
             )
-    elif spec.source == "tfds" and data_dir and not os.path.isdir(data_dir):
+    elif spec.source in ("tfds", "cifar") and data_dir and not os.path.isdir(data_dir):
         raise ConfigError(f"--data_dir {data_dir} does not exist")
 
 
@@ -375,7 +390,7 @@ _ENUMS = {
     "afd_mode": ("full", "adversarial", "kd", "l1", "l1_kd"),
     "fusion_layer": ("middle", "last"),
     "strategy": ("default", "mirrored", "multi_worker"),
-    "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16"),
+    "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16", "float64"),
     "jit_compile": ("auto", "true", "false"),
 }
 
@@ -435,6 +450,8 @@ _HELP = {
     "pretrain_epochs": "FFCL: epochs of the pre-training stage (0 = --epochs), same schedule otherwise.",
     "init_dir": "Start sub-network k from network k of a finished run (same backbones and dataset, "
     "independent networks, e.g. a vanilla run): the AFD paper's ImageNet runs start from pre-trained networks.",
+    "backend": "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else tensorflow). Weights are "
+    "the same on every backend; the JAX backend is the GPU path where TensorFlow has no CUDA build.",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
     "strategy": "tf.distribute strategy.",
@@ -443,7 +460,8 @@ _HELP = {
     "task_index": "Multi-worker: this worker's index in --worker_hosts.",
     "cpu_devices": "Split the CPU into N logical devices (MirroredStrategy on a machine without GPUs).",
     "sync_bn": "Synchronise BatchNorm statistics across replicas.",
-    "mixed_precision": "Keras mixed-precision policy.",
+    "mixed_precision": "Keras dtype policy: mixed_float16 (GPUs), mixed_bfloat16 (CPUs and TPUs with bf16 units), "
+    "or float64 (every layer and variable in double precision: a numerical reference run).",
     "jit_compile": "XLA compilation of the train step (auto: on when a GPU is present).",
     "verbose": "Keras fit verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
 }

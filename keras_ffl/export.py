@@ -76,17 +76,11 @@ def check_request(name, model_dir, formats, output_dir, overwrite):
 
 def parity_images(config, count, data_dir=""):
     """The first ``count`` test images of the model's dataset, as float32 pixels."""
-    import numpy as np
-
     from keras_ffl.config import check_data_dir
-    from keras_ffl.data.sources import load_split
+    from keras_ffl.data import test_pixels
 
-    data_dir = data_dir or config.resolved_data_dir
-    check_data_dir(config.dataset, data_dir)
-    ds, _ = load_split(dataset=config.dataset, split="test", data_dir=data_dir, download=config.download,
-                       seed=config.seed, num_examples=count)
-    images, labels = next(iter(ds.batch(count)))
-    return np.asarray(images, np.float32), np.asarray(labels)
+    check_data_dir(config.dataset, data_dir or config.resolved_data_dir)
+    return test_pixels(config, count, data_dir)
 
 
 def export_saved_model(keras_model, path, images):

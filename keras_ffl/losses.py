@@ -1,41 +1,57 @@
-"""Pure loss functions shared by every method.
+"""Pure loss functions shared by every method, written once in ``keras.ops``.
 
-Each returns *per-example* values (shape ``[batch]``); the method base class turns
-them into a replica-aware mean.  ``tests/test_losses.py`` checks them against numpy.
+Each returns *per-example* values (shape ``[batch]``); the engine of the running backend turns
+them into a (replica-aware) mean.  ``tests/test_losses.py`` checks them against numpy on every
+backend.
 """
 
 import math
 
-import tensorflow as tf
+from keras import ops
 
 # Added to the teacher's probabilities before the log, as in the FFL and ONE code.
 # The distribution is deliberately not renormalised afterwards.
 TEACHER_EPS = 1e-7
 
 
+def as_float(x):
+    """Half-precision tensors to float32; float32 and float64 stay as they are, so a float64
+    reference run keeps its precision."""
+    x = ops.convert_to_tensor(x)
+    return ops.cast(x, "float32") if ops.dtype(x) in ("float16", "bfloat16") else x
+
+
 def cross_entropy(logits, labels):
     """Softmax cross-entropy against integer labels, per example."""
-    labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    return tf.nn.sparse_softmax_cross_entropy_with_logits(
-        labels=labels, logits=tf.cast(logits, tf.float32)
-    )
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    return ops.sparse_categorical_crossentropy(labels, as_float(logits), from_logits=True)
 
 
-def distillation_kl(student_logits, teacher_logits, temperature, scale_by_t2=True):
+def distillation_kl(student_logits, teacher_logits, temperature, scale_by_t2=True, detach=True, eps=TEACHER_EPS):
     """KL(teacher || student) on temperature-softened distributions, per example.
 
-    The teacher side is detached, as in the authors' code:
+    The authors' form (FFL, ONE):
 
         t  = stop_gradient(softmax(z_t / T) + 1e-7)
         kl = T^2 * sum_c t * (log t - log_softmax(z_s / T))
 
-    ``keras.losses.KLDivergence`` clips both sides and is not the same function.
+    ``detach=False`` lets the gradient reach the teacher's logits (OKDDip's ``KL_Loss``, whose
+    attention weights learn only through the target); ``eps=0`` is the textbook KL on the
+    teacher's log-softmax (MCL-OKD's CL-ILR).  ``keras.losses.KLDivergence`` clips both sides
+    and is not the same function.
     """
     temperature = float(temperature)
-    student = tf.cast(student_logits, tf.float32) / temperature
-    teacher = tf.cast(teacher_logits, tf.float32) / temperature
-    t = tf.stop_gradient(tf.nn.softmax(teacher, axis=-1) + TEACHER_EPS)
-    kl = tf.reduce_sum(t * (tf.math.log(t) - tf.nn.log_softmax(student, axis=-1)), axis=-1)
+    student = as_float(student_logits) / temperature
+    teacher = as_float(teacher_logits) / temperature
+    if eps:
+        t = ops.softmax(teacher, axis=-1) + eps
+        log_t = ops.log(t)
+    else:
+        log_t = ops.log_softmax(teacher, axis=-1)
+        t = ops.exp(log_t)
+    if detach:
+        t, log_t = ops.stop_gradient(t), ops.stop_gradient(log_t)
+    kl = ops.sum(t * (log_t - ops.log_softmax(student, axis=-1)), axis=-1)
     if scale_by_t2:
         kl = kl * (temperature**2)
     return kl
@@ -45,7 +61,12 @@ def mean_peer_kl(logits, k, temperature):
     """``1/(K-1) * sum_{j != k} kl(z_k <- z_j)``: network k learning from each of its peers
     (DML's term, FFCL's response knowledge), per example."""
     peers = [distillation_kl(logits[k], z, temperature) for j, z in enumerate(logits) if j != k]
-    return tf.add_n(peers) / float(len(peers))
+    return sum(peers[1:], peers[0]) / float(len(peers))
+
+
+def squared_error_to(target, predictions):
+    """``(target - predictions)^2`` per example, for the least-squares GAN terms."""
+    return ops.square(target - as_float(predictions))
 
 
 def rampup_weight(epoch, rampup_epochs):
@@ -53,14 +74,16 @@ def rampup_weight(epoch, rampup_epochs):
 
         w(e) = exp(-5 * (1 - clip(e, 0, L) / L)^2)
 
-    Works on Python numbers and on tensors (the model keeps the epoch in a variable).
+    Works on Python numbers and on tensors or variables (the model keeps the epoch in one).
     """
-    if rampup_epochs <= 0:
-        return 1.0 if not tf.is_tensor(epoch) else tf.ones_like(tf.cast(epoch, tf.float32))
-    if tf.is_tensor(epoch):
-        e = tf.clip_by_value(tf.cast(epoch, tf.float32), 0.0, float(rampup_epochs))
+    if isinstance(epoch, (int, float)):
+        if rampup_epochs <= 0:
+            return 1.0
+        e = min(max(float(epoch), 0.0), float(rampup_epochs))
         phase = 1.0 - e / float(rampup_epochs)
-        return tf.exp(-5.0 * phase * phase)
-    e = min(max(float(epoch), 0.0), float(rampup_epochs))
-    phase = 1.0 - e / float(rampup_epochs)
-    return math.exp(-5.0 * phase * phase)
+        return math.exp(-5.0 * phase * phase)
+    epoch = ops.cast(epoch, "float32")
+    if rampup_epochs <= 0:
+        return ops.ones_like(epoch)
+    phase = 1.0 - ops.clip(epoch, 0.0, float(rampup_epochs)) / float(rampup_epochs)
+    return ops.exp(-5.0 * phase * phase)

@@ -1,8 +1,16 @@
-"""The layout of a run directory (model_dir) and the guard that keeps runs from mixing."""
+"""The layout of a run directory (model_dir) and the guards that keep runs from mixing: a
+model_dir holds one configuration, a finished run is never overwritten, and one live process
+at a time trains in it (an exclusive lock the operating system drops when the process dies,
+so a run killed with ``kill -9`` never blocks the next)."""
 
+import contextlib
+import fcntl
+import json
 import math
 import os
 import shutil
+import socket
+import time
 
 from keras_ffl.config import Config, ConfigError
 
@@ -13,6 +21,10 @@ LAST_CHECKPOINT = os.path.join("checkpoints", "last.weights.h5")
 BACKUP = "backup"
 HISTORY = "history.csv"
 TENSORBOARD = "tensorboard"
+LOCK = ".lock"
+
+#: model_dirs this process holds the lock of: realpath -> [fd, depth].
+_held = {}
 
 
 def path(model_dir, name):
@@ -83,3 +95,61 @@ def check_free_space(model_dir, model):
             f"{free / 2**20:.0f} MB free"
         )
 
+
+
+def holder_of(model_dir):
+    """What the lock file says of the process holding it (``{"pid": ..., "host": ...}``), or {}."""
+    try:
+        with open(path(model_dir, LOCK)) as f:
+            return json.loads(f.read() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+@contextlib.contextmanager
+def locked(model_dir):
+    """Holds ``model_dir``'s exclusive lock while a run lives in it; ConfigError (nothing
+    touched) when another live process holds it.  Re-entrant within a process."""
+    key = os.path.realpath(model_dir)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    os.makedirs(model_dir, exist_ok=True)
+    fd = os.open(path(model_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        holder = holder_of(model_dir)
+        who = f"process {holder.get('pid', '?')} on {holder.get('host', '?')}, since {holder.get('since', '?')}"
+        raise ConfigError(f"{model_dir} is in use by a live run ({who}): wait for it to end, or use another "
+                          "--model_dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}).encode())
+    _held[key] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _held[key]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def writes_here(config):
+    """Whether this process is the one that writes the run's files, known from the flags and
+    TF_CONFIG before any backend starts: the chief, worker 0 of ``--worker_hosts``, or the
+    only process."""
+    if config.strategy != "multi_worker":
+        return True
+    if config.worker_hosts:
+        return config.task_index == 0
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = cluster.get("task", {})
+    if task.get("type") == "chief":
+        return True
+    return task.get("type") == "worker" and int(task.get("index", 0)) == 0 and "chief" not in cluster.get("cluster", {})

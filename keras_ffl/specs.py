@@ -81,7 +81,7 @@ class DatasetSpec:
     image_shape: tuple
     train_size: int
     test_size: int
-    source: str  # "idx", "tfds" or "generated"
+    source: str  # "idx", "cifar" (python archive, else tfds), "tfds" (streamed) or "generated"
     default_data_dir: str = ""
     test_split: str = "test"  # the tfds split evaluated as "test"
     #: Examples are JPEG bytes decoded (and randomly cropped) per image by the pipeline.
@@ -94,8 +94,8 @@ FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 DATASETS = {
     "fashion_mnist": DatasetSpec(10, (28, 28, 1), 60000, 10000, "idx", FASHION_MNIST_DIR),
-    "cifar10": DatasetSpec(10, (32, 32, 3), 50000, 10000, "tfds"),
-    "cifar100": DatasetSpec(100, (32, 32, 3), 50000, 10000, "tfds"),
+    "cifar10": DatasetSpec(10, (32, 32, 3), 50000, 10000, "cifar"),
+    "cifar100": DatasetSpec(100, (32, 32, 3), 50000, 10000, "cifar"),
     "imagenet2012": DatasetSpec(1000, (224, 224, 3), 1281167, 50000, "tfds", test_split="validation",
                                 encoded_images=True, shuffle_window=10000),
     "synthetic": DatasetSpec(10, (32, 32, 3), 0, 0, "generated"),

@@ -1,17 +1,21 @@
 """Train a method from flags or a flagfile.
 
     python -m keras_ffl.train --flagfile=zoo/quickstart_fashion_mnist.flags
-    python -m keras_ffl.train --method=ffl --backbones=resnet32 --dataset=cifar100
+    python -m keras_ffl.train --flagfile=res32_cifar100          # a paper setting by its zoo name
+    python -m keras_ffl.train --method=ffl --backbones=resnet32 --dataset=cifar100 --backend=jax
 
-Everything is validated before any work: a bad flag prints one line and exits 2.
-The run directory receives config.json, per-epoch checkpoints (resumed automatically
-after an interruption), history.csv, TensorBoard logs, the final weights and report.json.
+Everything is validated before any work, and before TensorFlow or JAX is imported: a bad flag,
+a model_dir holding another run, an unwritable model_dir or one in use by a live run prints
+one line and exits 2.  The run directory receives config.json, per-epoch checkpoints (resumed
+automatically after an interruption), history.csv, TensorBoard logs, the final weights and
+report.json.
 """
 
+import importlib.util
 import sys
 import time
 
-from keras_ffl import run_dir
+from keras_ffl import backend, run_dir
 from keras_ffl.cli import run_main
 from keras_ffl.config import config_from_flags, parse_argv
 
@@ -37,37 +41,60 @@ def run_pretraining(config, extra_callbacks=()):
     print("Pre-training stage done; collaborative training starts", flush=True)
 
 
+def logging_callbacks(config):
+    import keras
+
+    from keras_ffl.callbacks import AtomicCheckpoint
+
+    callbacks = [
+        AtomicCheckpoint(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT)),
+        keras.callbacks.CSVLogger(run_dir.path(config.model_dir, run_dir.HISTORY), append=True),
+    ]
+    if importlib.util.find_spec("tensorflow") is not None:  # Keras's TensorBoard writes through tf.summary
+        callbacks.append(keras.callbacks.TensorBoard(run_dir.path(config.model_dir, run_dir.TENSORBOARD),
+                                                     profile_batch=0))
+    return callbacks
+
+
 def train(config, extra_callbacks=()):
     """Runs a validated Config to completion (and FFCL's pre-training stage first);
     returns the report dict."""
+    backend.activate(config.backend)
+    writer = run_dir.writes_here(config)
+    if writer:
+        run_dir.check_writable(config.model_dir)
+    with run_dir.locked(config.model_dir) if writer else _nothing():
+        backend.import_quietly(config.backend)
+        return _train(config, extra_callbacks)
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _train(config, extra_callbacks):
     import keras
 
-    from keras_ffl.build import build, initialize_from
+    from keras_ffl.build import WARM_STARTS, build, initialize_from
+    from keras_ffl.callbacks import ResumeCheckpoint, Throughput, save_weights_atomically
     from keras_ffl.data import corrupt_records_named
-    from keras_ffl.callbacks import (AtomicCheckpoint, EpochVariable, ResumeCheckpoint, Throughput,
-                                     save_weights_atomically)
-    from keras_ffl.distribute import (cluster_from_flags, configure_devices, distribute_by_data, is_chief,
-                                      make_strategy)
-    from keras_ffl.methods import METHODS
+    from keras_ffl.distribute import make_distribution
     from keras_ffl.report import format_table, summarize, write_report
 
     run_pretraining(config, extra_callbacks)
-
-    configure_devices(config.cpu_devices)
-    cluster_from_flags(config.worker_hosts, config.task_index)
+    distribution = make_distribution(config)
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(config.mixed_precision)
-    strategy = make_strategy(config.strategy, config.cpu_devices)
-    chief = is_chief(strategy)
-    if chief:
-        run_dir.check_writable(config.model_dir)
+    chief = distribution.is_chief
     keras.utils.set_random_seed(config.seed)
 
-    with strategy.scope():
-        model, data = build(config)
+    with distribution.scope():
+        model, data = build(config, shard=distribution.process)
     if chief:
         run_dir.check_free_space(config.model_dir, model)
-    warm_start = METHODS[config.method].warm_start
+    warm_start = WARM_STARTS.get(config.method)
     if warm_start:
         warm_start(model, config)
     resuming = run_dir.claim(config)
@@ -79,42 +106,33 @@ def train(config, extra_callbacks=()):
     throughput = Throughput(config.batch_size)
     resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief)
     start_epoch = resume.restore(model)
-    callbacks = [
-        EpochVariable(),
-        throughput,
-        keras.callbacks.TerminateOnNaN(),
-        resume,
-    ]
+    callbacks = [throughput, keras.callbacks.TerminateOnNaN(), resume]
     if chief:
-        callbacks += [
-            AtomicCheckpoint(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT)),
-            keras.callbacks.CSVLogger(run_dir.path(config.model_dir, run_dir.HISTORY), append=True),
-            keras.callbacks.TensorBoard(run_dir.path(config.model_dir, run_dir.TENSORBOARD), profile_batch=0),
-        ]
+        callbacks += logging_callbacks(config)
     callbacks += list(extra_callbacks)
 
     # The stream starts where the resume checkpoint is, so a resumed epoch sees the same batches.
-    train_ds = distribute_by_data(data.train_from(start_epoch))
+    train_stream = distribution.feed(data.train_from(start_epoch))
     if resuming:
         print(f"Resuming the run in {config.model_dir} after epoch {start_epoch}", flush=True)
     print(
         f"{config.method.upper()} on {config.dataset}: {config.num_branches} x "
         f"{'/'.join(config.backbones)} ({config.topology}), {model.count_params():,} parameters, "
         f"{data.train_size} training images, {data.steps_per_epoch} steps/epoch, "
-        f"{strategy.num_replicas_in_sync} replica(s)",
+        f"{distribution.num_replicas} replica(s), Keras on {keras.backend.backend()}",
         flush=True,
     )
     started = time.time()
     with corrupt_records_named(config):
         history = model.fit(
-            train_ds,
+            train_stream,
             epochs=config.epochs,
             steps_per_epoch=data.steps_per_epoch,
-            validation_data=distribute_by_data(data.test) if config.validation_freq else None,
+            validation_data=distribution.feed(data.test) if config.validation_freq else None,
             validation_freq=config.validation_freq or 1,
             callbacks=callbacks,
             verbose=config.verbose,
-            shuffle=False,  # the pipeline shuffles; Keras would only warn
+            shuffle=False,  # the stream is shuffled already
         )
     train_seconds = time.time() - started
     if model.stop_training and history.history.get("loss") and not all(
@@ -125,7 +143,7 @@ def train(config, extra_callbacks=()):
         )
 
     with corrupt_records_named(config):
-        metrics = model.evaluate(distribute_by_data(data.test), return_dict=True, verbose=0)
+        metrics = model.evaluate(distribution.feed(data.test), return_dict=True, verbose=0)
     rows = summarize(metrics, model.part_names)
     report = {
         "config": config.to_dict(),
@@ -134,7 +152,8 @@ def train(config, extra_callbacks=()):
         "train_seconds": round(train_seconds, 1),
         "train_img_per_sec": round(throughput.best, 1) if throughput.best else None,
         "parameters": int(model.count_params()),
-        "replicas": strategy.num_replicas_in_sync,
+        "replicas": distribution.num_replicas,
+        "backend": keras.backend.backend(),
     }
     if chief:
         save_weights_atomically(model, run_dir.path(config.model_dir, run_dir.WEIGHTS))

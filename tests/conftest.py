@@ -1,4 +1,7 @@
-"""Test set-up: two logical CPU devices (for MirroredStrategy) before TensorFlow starts."""
+"""Test set-up.  The suite runs on TensorFlow with two logical CPU devices (for
+MirroredStrategy), set before TensorFlow starts.  ``tests/jax_backend/`` runs in its own
+processes under ``KERAS_BACKEND=jax`` (``test_backends.py`` starts them): a Keras process has
+one backend."""
 
 import os
 import sys
@@ -7,10 +10,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-_cpu = tf.config.list_physical_devices("CPU")[0]
-tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
+if BACKEND == "tensorflow":
+    import tensorflow as tf  # noqa: E402
+
+    _cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    collect_ignore_glob = ["jax_backend/*"]
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"

@@ -60,3 +60,57 @@ def train_until_interrupted(config, after_epoch=1):
 
     with pytest.raises(KeyboardInterrupt):
         train(config, extra_callbacks=[Interrupt()])
+
+
+#: How far two float32 runs of one computation may drift apart, in units of how far float32
+#: runs drift from the float64 run of the same computation.  Each float32 run rounds the
+#: exact result differently (other summation orders: replicas, kernels, backends), so
+#: |a - b| <= |a - a64| + |b - a64|, twice the measured drift when both round alike.  The
+#: drift is measured on two float32 runs (the reference, and the same step on the batch in
+#: another order, which sums every reduction in another order), so an array that one run
+#: happens to round nearly exactly does not set its bound.  The largest ratio measured over
+#: every array of the replica and backend tests was below 4; 8 leaves room.  A real
+#: difference (unsynchronised BatchNorm, a missed update) is orders of magnitude larger.
+FLOAT32_NOISE_FACTOR = 8.0
+
+
+def float32_tolerances(samples, references64, scales=None):
+    """``{name: largest difference two float32 computations of that array may show}`` from
+    float32 ``samples`` (dicts of arrays by name) of the computation and its float64 run:
+    ``FLOAT32_NOISE_FACTOR`` times the largest drift of a sample from float64, and at least
+    4 float32 ulps of the array's size, or of ``scales[name]`` where the value is a small
+    difference of larger quantities (a KL term: cross-entropy minus entropy)."""
+    scales = scales or {}
+    eps = float(np.finfo(np.float32).eps)
+    tolerances = {}
+    for name, exact in references64.items():
+        exact = np.asarray(exact, np.float64)
+        if not exact.size:
+            tolerances[name] = 0.0
+            continue
+        drift = max(float(np.max(np.abs(np.asarray(s[name], np.float64) - exact))) for s in samples)
+        size = max(float(np.max(np.abs(exact))), scales.get(name, 0.0))
+        tolerances[name] = max(FLOAT32_NOISE_FACTOR * drift, 4 * eps * size)
+    return tolerances
+
+
+def assert_within_float32_noise(actual, reference, samples, references64, what="", scales=None):
+    """``actual`` must match ``reference`` (both float32 runs, dicts of arrays by name) within
+    the tolerances measured from ``samples`` (float32 runs, ``reference`` among them) and
+    ``references64`` (see ``float32_tolerances``)."""
+    tolerances = float32_tolerances(samples, references64, scales)
+    assert actual.keys() == reference.keys() == references64.keys()
+    for name, tolerance in tolerances.items():
+        difference = float(np.max(np.abs(np.asarray(actual[name], np.float64) - np.asarray(reference[name],
+                                                                                            np.float64))))
+        assert difference <= tolerance, (
+            f"{what} {name}: differs by {difference:.3g}, more than its float32 tolerance {tolerance:.3g}")
+
+
+def kl_scales(names, temperature, num_classes):
+    """For logged KL terms (``kd_*``): the size of the quantities they are the difference of,
+    ``T^2 log C`` (the cross-entropy and entropy of softened distributions over C classes).
+    Different log/exp kernels (another backend) round those, not the small difference."""
+    import math
+
+    return {n: temperature ** 2 * math.log(num_classes) for n in names if "kd_" in n}

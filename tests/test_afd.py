@@ -81,7 +81,6 @@ def test_each_optimiser_touches_only_its_own_variables():
 
     # SGD frozen: only Adam moves things, and never the classifiers.
     model.compile(optimizer=keras.optimizers.SGD(0.0), feature_optimizer=keras.optimizers.Adam(1e-3))
-    model.build_optimizers()
     before = snapshot(classifier_vars + extractors + discriminators)
     model.train_step(data)
     moved = changed(before, classifier_vars + extractors + discriminators)
@@ -91,7 +90,6 @@ def test_each_optimiser_touches_only_its_own_variables():
 
     # Adam frozen: SGD moves the networks (classifiers too) and never the discriminators.
     model.compile(optimizer=keras.optimizers.SGD(0.1), feature_optimizer=keras.optimizers.Adam(0.0))
-    model.build_optimizers()
     before = snapshot(classifier_vars + discriminators)
     model.train_step(data)
     moved = changed(before, classifier_vars + discriminators)
@@ -114,19 +112,21 @@ def test_both_optimisers_are_checkpointed(tmp_path):
     model, config = afd_model()
     x, y = random_batch(8)
     model.fit(x, y, batch_size=8, epochs=3, verbose=0)
-    assert int(model.feature_optimizer.iterations.numpy()) == 3 and int(model.optimizer.iterations.numpy()) == 3
+    features = model.optimizer_for("features")
+    assert int(features.iterations.numpy()) == 3 and int(model.optimizer_for("networks").iterations.numpy()) == 3
+    assert int(model.optimizer.iterations.numpy()) == 3  # the group counts training steps
     path = str(tmp_path / "afd.weights.h5")
     model.save_weights(path)
     fresh, _ = afd_model()
     fresh.load_weights(path)
-    assert int(fresh.feature_optimizer.iterations.numpy()) == 3
-    for a, b in zip(model.feature_optimizer.variables, fresh.feature_optimizer.variables):
+    assert int(fresh.optimizer_for("features").iterations.numpy()) == 3
+    for a, b in zip(model.optimizer.variables, fresh.optimizer.variables):  # every member's state
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_feature_schedule_is_the_paper_one():
     model, _ = afd_model(feature_lr=2e-5, feature_lr_milestones=(75, 150), epochs=300)
-    schedule = model.feature_optimizer._learning_rate
+    schedule = model.optimizer_for("features")._learning_rate
     steps = 4  # tiny_config: 64 examples, batch 16
     assert float(schedule(0)) == pytest.approx(2e-5)
     assert float(schedule(75 * steps - 1)) == pytest.approx(2e-5)  # last step of epoch 74

@@ -1,7 +1,11 @@
-"""Data: Fashion-MNIST IDX files, tfds CIFAR through mock data, synthetic data, augmentation."""
+"""Data: Fashion-MNIST IDX files, CIFAR from its python archives and through tfds mock data,
+synthetic data, augmentation, and one training stream for every backend."""
 
 import gzip
+import io
+import pickle
 import struct
+import tarfile
 
 import numpy as np
 import pytest
@@ -11,8 +15,9 @@ import tensorflow_datasets as tfds
 from helpers import tiny_config
 from keras_ffl.config import ConfigError
 from keras_ffl.data import load_data
-from keras_ffl.data.augment import pad_crop_flip
+from keras_ffl.data.augment import PadCropFlip
 from keras_ffl.data.sources import DataError, read_idx
+from keras_ffl.data.stream import EpochBatches
 
 
 def write_idx(path, array):
@@ -85,9 +90,9 @@ def test_synthetic_data_is_deterministic_and_learnable_shape():
 
 def test_pad_crop_flip_gives_crops_of_the_reflect_padded_image():
     rng = np.random.default_rng(0)
-    images = rng.integers(0, 255, (6, 8, 8, 2)).astype(np.float32)
-    draws = tf.random.stateless_uniform([len(images), 3], [3, 4])
-    out = pad_crop_flip(tf.constant(images), draws, pad=2).numpy()
+    images = rng.integers(0, 255, (6, 8, 8, 2)).astype(np.uint8)
+    recipe = PadCropFlip(pad=2)
+    out = recipe.apply(images, recipe.draw(np.random.default_rng(3), len(images)))
     padded = np.pad(images, [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
     offsets_seen = set()
     for i in range(len(images)):
@@ -101,6 +106,96 @@ def test_pad_crop_flip_gives_crops_of_the_reflect_padded_image():
         assert matches, f"image {i} is not a crop of its padded version"
         offsets_seen.add(matches[0])
     assert len(offsets_seen) > 1  # the crops are random, not all the same
+
+
+def test_tf_data_feeds_exactly_the_numpy_stream_of_the_other_backends():
+    """TensorFlow's pipeline and the generator JAX trains on give bit-identical batches, and
+    epoch k of a stream started at k equals epoch k of the whole stream."""
+    config = tiny_config(train_examples=40, batch_size=16)
+    data = load_data(config)  # TensorFlow: tf.data
+    tf_batches = [(x.numpy(), y.numpy()) for x, y in data.train.take(6)]  # 2 epochs of 3 steps
+    images, labels = load_arrays_for(config)
+    from keras_ffl.data import NORMALIZATION
+
+    stream = EpochBatches(images, labels, config.seed, *NORMALIZATION["synthetic"], recipe=PadCropFlip())
+    numpy_batches = stream.batches(0, 16, 3)
+    for (x, y), (nx, ny) in zip(tf_batches, numpy_batches):
+        np.testing.assert_array_equal(x, nx)
+        np.testing.assert_array_equal(y, ny)
+    assert [len(y) for _, y in tf_batches] == [16, 16, 8, 16, 16, 8]
+    from_epoch_1 = [x.numpy() for x, _ in data.train_from(1).take(3)]
+    for a, (b, _) in zip(from_epoch_1, tf_batches[3:]):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(tf_batches[0][0], tf_batches[3][0])  # a new order and new crops
+
+
+def load_arrays_for(config):
+    from keras_ffl.data import in_memory_split
+
+    return in_memory_split(config, "train")
+
+
+def test_positions_key_the_augmentation_so_shares_of_a_batch_are_the_batch():
+    """A process (or replica) that assembles its share of a batch gets exactly that share."""
+    from keras_ffl.data.stream import share
+
+    rng = np.random.default_rng(1)
+    stream = EpochBatches(rng.integers(0, 255, (20, 8, 8, 3)).astype(np.uint8), np.arange(20), 5, (0.5,) * 3,
+                          (0.25,) * 3, recipe=PadCropFlip(), views=2, with_index=True)
+    whole, labels = stream.batch(3, np.arange(4, 12))
+    parts = [stream.batch(3, share(np.arange(4, 12), (i, 2))) for i in range(2)]
+    for key in ("images", "views", "index"):
+        np.testing.assert_array_equal(np.concatenate([p[0][key] for p in parts]), whole[key])
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), labels)
+    assert whole["views"].shape == (8, 2, 8, 8, 3)
+    assert not np.array_equal(whole["views"][:, 0], whole["views"][:, 1])  # independent augmentations
+    np.testing.assert_array_equal(whole["views"][:, 0], whole["images"])
+    np.testing.assert_array_equal(labels, whole["index"])  # labels here are the indices
+
+
+def write_cifar_archive(folder, name, train, test):
+    """A CIFAR python-version archive in the real format (pickled dicts of CHW rows)."""
+    top, label_key, members = {"cifar10": ("cifar-10-batches-py", b"labels", ["data_batch_1", "data_batch_2",
+                                                                              "data_batch_3", "data_batch_4",
+                                                                              "data_batch_5"]),
+                               "cifar100": ("cifar-100-python", b"fine_labels", ["train"])}[name]
+    chunks = np.array_split(np.arange(len(train[1])), len(members))
+    payloads = {m: (train[0][c], train[1][c]) for m, c in zip(members, chunks)}
+    payloads["test" if name == "cifar100" else "test_batch"] = test
+    path = folder / (("cifar-10" if name == "cifar10" else "cifar-100") + "-python.tar.gz")
+    with tarfile.open(path, "w:gz") as tar:
+        for member, (images, labels) in payloads.items():
+            data = pickle.dumps({b"data": images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+                                 label_key: [int(v) for v in labels], b"filenames": [b"x"] * len(labels)})
+            info = tarfile.TarInfo(f"{top}/{member}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("name,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_cifar_from_the_python_archive_users_download(tmp_path, name, classes):
+    rng = np.random.default_rng(2)
+    train = (rng.integers(0, 255, (30, 32, 32, 3)).astype(np.uint8), rng.integers(0, classes, 30))
+    test = (rng.integers(0, 255, (12, 32, 32, 3)).astype(np.uint8), rng.integers(0, classes, 12))
+    write_cifar_archive(tmp_path, name, train, test)
+    config = tiny_config(dataset=name, data_dir=str(tmp_path), train_examples=0, test_examples=0, batch_size=10,
+                         eval_batch_size=12)
+    from keras_ffl.data import in_memory_split
+
+    images, labels = in_memory_split(config, "train")
+    np.testing.assert_array_equal(images, train[0])  # HWC, in the archive's order
+    np.testing.assert_array_equal(labels, train[1])
+    data = load_data(config)
+    x, y = next(iter(data.test))
+    np.testing.assert_array_equal(y.numpy(), test[1])
+    mean, std = np.array(data.mean, np.float32), np.array(data.std, np.float32)
+    np.testing.assert_allclose(x.numpy(), (test[0] / np.float32(255) - mean) / std, rtol=1e-6)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / write_cifar_archive(tmp_path, name, train, test).name).write_bytes(b"not a tar file")
+    with pytest.raises(DataError, match="cannot read"):
+        in_memory_split(tiny_config(dataset=name, data_dir=str(broken)), "train")
 
 
 def test_augmentation_stream_is_seeded():
@@ -137,7 +232,7 @@ def test_imagenet_pipeline_through_tfds_mock_data():
 
 
 def test_a_corrupt_image_record_is_named(monkeypatch):
-    from keras_ffl.data import sources
+    from keras_ffl.data import tfds as sources
     from keras_ffl.errors import DataError as UserDataError
     from keras_ffl.data import corrupt_records_named
 
@@ -158,7 +253,8 @@ def test_a_corrupt_image_record_is_named(monkeypatch):
 
 
 def test_a_corrupt_tfrecord_shard_is_named(tmp_path, monkeypatch):
-    from keras_ffl.data import corrupt_records_named, sources
+    from keras_ffl.data import corrupt_records_named
+    from keras_ffl.data import tfds as sources
     from keras_ffl.errors import DataError as UserDataError
 
     paths = [str(tmp_path / f"cifar10-train.tfrecord-0000{i}-of-00002") for i in range(2)]
@@ -171,9 +267,7 @@ def test_a_corrupt_tfrecord_shard_is_named(tmp_path, monkeypatch):
     open(paths[1], "wb").write(bytes(damaged))
     assert sources.find_corrupt_tfrecord(paths).startswith(f"corrupt TFRecord {paths[1]} (corrupted record at ")
 
-    import keras_ffl.data as data_module
-
-    monkeypatch.setattr(data_module, "tfds_record_files", lambda name, data_dir: paths)
+    monkeypatch.setattr(sources, "tfds_record_files", lambda name, data_dir: paths)
     config = tiny_config(dataset="cifar10", download=False, model_dir="runs/x")
     with pytest.raises(UserDataError, match=f"corrupt TFRecord {paths[1]} .*the last checkpoint in runs/x is intact"):
         with corrupt_records_named(config):

@@ -22,41 +22,47 @@ FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "-
          "--batch_size=16", "--eval_batch_size=16", "--epochs=3", "--rampup_epochs=2", "--lr_milestones=2",
          "--lr=0.05", "--validation_freq=0", "--verbose=0"]
 
-# Runs the train command with a callback that SIGKILLs the process after a given optimiser step.
+# Runs the train command with a callback that SIGKILLs the process after a given training step
+# of the run (counted from epoch 0, the epoch-relative batch index plus the epochs before).
 KILL_AT_STEP = """
 import os, signal, sys
 import keras
 from keras_ffl.train import parse_config, train
 
 class KillAtStep(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.optimizer.iterations.numpy()) == int(sys.argv[1]):
+        if self.epoch * int(self.params["steps"]) + batch + 1 == int(sys.argv[1]):
             os.kill(os.getpid(), signal.SIGKILL)
 
 train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
 """
 
 
-def run(*args):
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=300)
+def run(*args, backend="tensorflow"):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "KERAS_BACKEND": backend}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-def test_kill_9_mid_epoch_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_kill_9_mid_epoch_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path, backend):
     import json
 
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     # 4 steps per epoch: step 6 is the middle of epoch 1 (the second), after the ramp-up and
     # before the learning-rate milestone, with augmentation and shuffling on.
-    killed = run("-c", KILL_AT_STEP, "6", *FLAGS, f"--model_dir={killed_dir}")
+    killed = run("-c", KILL_AT_STEP, "6", *FLAGS, f"--model_dir={killed_dir}", backend=backend)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (killed_dir / "report.json").exists()
     assert sorted(os.listdir(killed_dir / "backup")) == ["epoch-1.weights.h5"]
 
-    resumed = run("-m", "keras_ffl.train", *FLAGS, f"--model_dir={killed_dir}")
+    resumed = run("-m", "keras_ffl.train", *FLAGS, f"--model_dir={killed_dir}", backend=backend)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming the run" in resumed.stdout and "after epoch 1" in resumed.stdout
-    clean = run("-m", "keras_ffl.train", *FLAGS, f"--model_dir={clean_dir}")
+    assert f"Keras on {backend}" in resumed.stdout
+    clean = run("-m", "keras_ffl.train", *FLAGS, f"--model_dir={clean_dir}", backend=backend)
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     a, b = read_weights(killed_dir / "model.weights.h5"), read_weights(clean_dir / "model.weights.h5")

@@ -85,8 +85,9 @@ def test_weight_decay_is_pytorch_l2_with_a_separate_fusion_rate():
     model = model_for(tiny_config(weight_decay=1e-4, fusion_weight_decay=1e-5))
     fusion_ids = {id(v) for v in model.fusion.trainable_variables}
     variables = model.trainable_variables
+    (update,), = model.update_plan()  # one phase, one update: every term, every variable
     with tf.GradientTape() as tape:
-        penalty = model.l2_penalty()
+        penalty = model.l2_penalty(update.gradients[0].decay)
     grads = tape.gradient(penalty, variables)
     for v, g in zip(variables, grads):
         decay = 1e-5 if id(v) in fusion_ids else 1e-4

@@ -90,8 +90,8 @@ def test_dml_sequential_update_follows_the_paper_order():
         return tape.gradient(loss, model.branches[k].trainable_variables)
 
     def ref_free_loss(m, logits, k, labels):
-        from keras_ffl.losses import cross_entropy
-        return cross_entropy(logits[k], labels) + m.peer_kl(logits, k)
+        from keras_ffl.losses import cross_entropy, mean_peer_kl
+        return cross_entropy(logits[k], labels) + mean_peer_kl(logits, k, m.temperature)
 
     # Expected: update net 0 from the initial state, then net 1 against updated net 0.
     expected = []
@@ -228,7 +228,7 @@ def test_mixed_precision_trains_every_method_with_loss_scaling(policy, overrides
     config = tiny_config(mixed_precision=policy, **overrides)
     model = model_for(config)
     compile_model(model, config, 4)
-    optimizers = [model.optimizer] + ([model.feature_optimizer] if getattr(model, "feature_optimizer", None) else [])
+    optimizers = model.optimizers
     if policy == "mixed_float16":  # every optimiser scales its loss, AFD's Adam included
         assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in optimizers)
     x, y = random_batch(16)

@@ -14,10 +14,9 @@ import socket
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from helpers import read_weights
+from helpers import assert_within_float32_noise, kl_scales, read_weights
 from keras_ffl.train import parse_config, train
 
 FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
@@ -57,44 +56,24 @@ def test_two_workers_on_loopback_match_one_process(tmp_path):
     assert "2 replica(s)" in outputs[0]
     assert not dirs[1].exists()  # checkpoints, logs and the report come from the chief alone
 
-    single = parse_config(["train", *FLAGS, f"--model_dir={tmp_path / 'single'}"])
-    reference = train(single)
+    def run_alone(name, *extra):
+        config = parse_config(["train", *FLAGS, f"--model_dir={tmp_path / name}", *extra])
+        return config.model_dir, train(config)
+
+    single_dir, reference = run_alone("single")
     chief_report = json.loads((dirs[0] / "report.json").read_text())
     assert chief_report["replicas"] == 2 and reference["replicas"] == 1
     for part, row in reference["results"].items():
         assert chief_report["results"][part]["top1"] == pytest.approx(row["top1"], abs=100 / 32 + 1e-6), part
-    for multi, one in zip(read_history(dirs[0]), read_history(single.model_dir)):
-        for name in ("loss", "ce_net0", "ce_fused", "kd_net0"):
-            assert float(multi[name]) == pytest.approx(float(one[name]), rel=1e-4), name
-    multi_weights = read_weights(dirs[0] / "model.weights.h5")
-    one_weights = read_weights(os.path.join(single.model_dir, "model.weights.h5"))
-    assert multi_weights.keys() == one_weights.keys()
-    for name, value in one_weights.items():
-        np.testing.assert_allclose(multi_weights[name], value, rtol=1e-3, atol=2e-5, err_msg=name)
+    mirrored_dir, _ = run_alone("mirrored", "--strategy=mirrored", "--cpu_devices=2")
+    exact_dir, _ = run_alone("float64", "--mixed_precision=float64")
 
+    def history(model_dir):
+        return {f"{name} epoch {epoch}": float(value) for epoch, row in enumerate(read_history(model_dir))
+                for name, value in row.items() if name in ("loss", "ce_net0", "ce_fused", "kd_net0")}
 
-@pytest.mark.parametrize(
-    "args,tf_config,message",
-    [([], None, "needs the cluster: set TF_CONFIG"),
-     (["--worker_hosts=localhost:1,localhost:2", "--task_index=2"], None, "--task_index=2 but --worker_hosts lists 2"),
-     (["--worker_hosts=localhost:1"], '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}',
-      "both TF_CONFIG and --worker_hosts"),
-     ([], '{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}', "TF_CONFIG is not a valid"),
-     ([], "not json", "TF_CONFIG is not a valid")],
-)
-def test_cluster_errors_exit_2_before_any_work(tmp_path, monkeypatch, args, tf_config, message):
-    from keras_ffl.config import ConfigError
-
-    if tf_config is None:
-        monkeypatch.delenv("TF_CONFIG", raising=False)
-    else:
-        monkeypatch.setenv("TF_CONFIG", tf_config)
-    with pytest.raises(ConfigError, match=message):
-        parse_config(["train", *FLAGS, f"--model_dir={tmp_path}", "--strategy=multi_worker", *args])
-
-
-def test_worker_hosts_need_the_multi_worker_strategy(tmp_path):
-    from keras_ffl.config import ConfigError
-
-    with pytest.raises(ConfigError, match="--worker_hosts is for --strategy=multi_worker"):
-        parse_config(["train", *FLAGS, f"--model_dir={tmp_path}", "--worker_hosts=localhost:1"])
+    logged = [history(d) for d in (dirs[0], single_dir, mirrored_dir, exact_dir)]
+    assert_within_float32_noise(logged[0], logged[1], logged[1:3], logged[3], what="logged",
+                                scales=kl_scales(logged[1], 3.0, 10))
+    weights = [read_weights(os.path.join(d, "model.weights.h5")) for d in (dirs[0], single_dir, mirrored_dir, exact_dir)]
+    assert_within_float32_noise(weights[0], weights[1], weights[1:3], weights[3], what="weights")

@@ -25,16 +25,39 @@ def conv_initializer():
     return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
 
 
-def conv(filters, kernel_size, strides=1, name=None):
+def torch_padding(kernel_size, strides):
+    """The symmetric zero padding PyTorch's ``padding=k//2`` gives a strided convolution or
+    pool, or None where Keras's ``"same"`` already pads exactly that.
+
+    At stride 1 ``"same"`` pads ``k//2`` on every side, as PyTorch does.  At stride 2 on an
+    even-sized input it pads only the bottom and the right, which shifts the sampling grid by
+    one pixel against the PyTorch reference (measured: logits differ by up to 14 on a
+    ResNet-32 with identical weights); such layers pad explicitly, then run ``"valid"``.
+    """
+    return kernel_size // 2 if strides > 1 and kernel_size > 1 else None
+
+
+def conv_layer(filters, kernel_size, strides=1, name=None, padding="same", use_bias=False, initializer=None):
     return layers.Conv2D(
         filters,
         kernel_size,
         strides=strides,
-        padding="same",
-        use_bias=False,
-        kernel_initializer=conv_initializer(),
+        padding=padding,
+        use_bias=use_bias,
+        kernel_initializer=initializer or conv_initializer(),
         name=name,
     )
+
+
+def conv(filters, kernel_size, strides=1, name=None, use_bias=False, initializer=None):
+    """``x -> conv(x)`` padded as PyTorch's ``Conv2d(..., padding=kernel_size // 2)``: explicit
+    ``ZeroPadding2D`` (named ``<name>_pad``) then a valid convolution where they differ."""
+    pad = torch_padding(kernel_size, strides)
+    layer = conv_layer(filters, kernel_size, strides, name, "valid" if pad else "same", use_bias, initializer)
+    if pad is None:
+        return layer
+    padding = layers.ZeroPadding2D(pad, name=f"{name}_pad")
+    return lambda x: layer(padding(x))
 
 
 def batch_norm(name, sync=False):

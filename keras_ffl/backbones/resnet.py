@@ -39,7 +39,9 @@ class ResNet(PostActivationResNet):
         if imagenet:
             x = conv(64, 7, 2, name="stem_conv")(x)
             x = layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
-            return layers.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+            # PyTorch's MaxPool2d(3, 2, padding=1); after a ReLU zero padding never wins the max.
+            x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+            return layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
         x = conv(64, 3, 1, name="stem_conv")(x)
         return layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
 

@@ -1,14 +1,15 @@
-"""Where examples come from: local IDX files, tfds, or a generator.  Each source yields
-``(uint8 image [H, W, C], int label)`` datasets, or ``(JPEG bytes, label, record name)`` for
-datasets whose images the pipeline decodes (ImageNet); ``keras_ffl.data`` does the rest."""
+"""Where in-memory examples come from, without TensorFlow: Fashion-MNIST's IDX files,
+CIFAR's python-version archives, generated data.  Each returns ``(uint8 images [N, H, W, C],
+int64 labels [N])``; tfds datasets are read by ``keras_ffl.data.tfds`` (TensorFlow needed)."""
 
 import gzip
+import io
 import os
-import re
+import pickle
 import struct
+import tarfile
 
 import numpy as np
-import tensorflow as tf
 
 from keras_ffl import specs
 from keras_ffl.errors import DataError
@@ -65,73 +66,73 @@ def synthetic(num_examples, seed, split, num_classes=10, shape=(32, 32, 3)):
     return images, labels.astype(np.int64)
 
 
-def tfds_split(name, split, data_dir, download, manual_dir=""):
-    """A tfds split as ``(image, label)``, or ``(JPEG bytes, label, file name)`` for datasets
-    whose images are decoded by the pipeline (ImageNet)."""
-    import tensorflow_datasets as tfds
-
-    spec = specs.DATASETS[name]
-    kwargs = {}
-    if manual_dir:
-        kwargs["download_and_prepare_kwargs"] = {
-            "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
-        }
-    kwargs.update(split=split, data_dir=data_dir or None, download=download, shuffle_files=False)
-    try:
-        if spec.encoded_images:
-            ds = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
-            return ds.map(lambda ex: (ex["image"], ex["label"], ex["file_name"]))
-        return tfds.load(name, as_supervised=True, **kwargs)
-    except Exception as e:  # tfds raises many types (AssertionError, DatasetNotFoundError, IOError...)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if download else " (prepare it with tfds, or pass --download)"
-        if spec.encoded_images and not manual_dir:
-            hint += "; ImageNet needs the ILSVRC2012 tars in --manual_dir"
-        raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}{hint}") from None
+#: The python-version archives users download from https://www.cs.toronto.edu/~kriz/cifar.html:
+#: archive name, folder inside it, training members, test member, label key.
+CIFAR_ARCHIVES = {
+    "cifar10": ("cifar-10-python.tar.gz", "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)],
+                "test_batch", b"labels"),
+    "cifar100": ("cifar-100-python.tar.gz", "cifar-100-python", ["train"], "test", b"fine_labels"),
+}
 
 
-def tfds_record_files(name, data_dir):
-    """The prepared record files of every split of a tfds dataset ([] when unknown)."""
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name, data_dir=data_dir or None)
-        return [str(p) for split in builder.info.splits.values() for p in split.filepaths]
-    except Exception:  # noqa: BLE001 - only a diagnosis: no files means no file is named
-        return []
-
-
-def find_corrupt_tfrecord(paths):
-    """Reads each TFRecord file through; the first that fails its checksum, as
-    "corrupt TFRecord <file> (corrupted record at <byte offset>)", or None."""
-    for path in paths:
-        try:
-            tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)
-        except tf.errors.DataLossError as e:
-            offset = re.search(r"corrupted record at \d+", str(e.message))
-            return f"corrupt TFRecord {path} ({offset[0] if offset else 'unreadable'})"
+def find_cifar_archive(dataset, data_dir):
+    """The archive (``.tar.gz``) or its extracted folder in ``data_dir``, or None."""
+    archive, folder = CIFAR_ARCHIVES[dataset][:2]
+    for candidate in (os.path.join(data_dir, folder), os.path.join(data_dir, archive)):
+        if data_dir and os.path.exists(candidate):
+            return candidate
     return None
 
 
-def load_split(dataset, split, data_dir, download, seed, num_examples, manual_dir=""):
-    """Returns ``(tf.data.Dataset of examples, number of examples)``: ``(uint8 image, label)``
-    or, for encoded-image datasets, ``(JPEG bytes, label, record name)``."""
+def cifar(dataset, data_dir, split):
+    """One split of CIFAR-10/100 from its python-version archive (or the extracted folder)."""
+    location = find_cifar_archive(dataset, data_dir)
+    if location is None:
+        archive, folder = CIFAR_ARCHIVES[dataset][:2]
+        raise DataError(f"no {archive} (or its folder {folder}) in --data_dir {data_dir}")
+    _, folder, train_members, test_member, label_key = CIFAR_ARCHIVES[dataset]
+    members = train_members if split == "train" else [test_member]
+
+    def read(member):
+        try:
+            if os.path.isdir(location):
+                with open(os.path.join(location, member), "rb") as f:
+                    return pickle.load(f, encoding="bytes")
+            with tarfile.open(location, "r:gz") as tar:
+                return pickle.load(io.BytesIO(tar.extractfile(f"{folder}/{member}").read()), encoding="bytes")
+        except (OSError, EOFError, KeyError, pickle.UnpicklingError, tarfile.TarError, AttributeError) as e:
+            raise DataError(f"cannot read {member} from {location}: {str(e).splitlines()[0] or type(e).__name__}") \
+                from None
+
+    images, labels = [], []
+    for member in members:
+        batch = read(member)
+        try:
+            data = np.asarray(batch[b"data"], np.uint8)
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(np.asarray(batch[label_key], np.int64))
+        except (KeyError, ValueError) as e:
+            raise DataError(f"{member} in {location} is not a CIFAR batch ({e})") from None
+    images, labels = np.concatenate(images), np.concatenate(labels)
+    classes = specs.DATASETS[dataset].num_classes
+    if len(images) != len(labels) or labels.min() < 0 or labels.max() >= classes:
+        raise DataError(f"{location}: {split} split has {len(images)} images, {len(labels)} labels, "
+                        f"labels outside 0..{classes - 1} or mismatched")
+    return images, labels
+
+
+def load_arrays(dataset, split, data_dir, seed, num_examples):
+    """``(uint8 images, int64 labels)`` of an in-memory dataset from its files (no TensorFlow)."""
     spec = specs.DATASETS[dataset]
     if spec.source == "idx":
         images, labels = fashion_mnist(data_dir, split)
     elif spec.source == "generated":
         default = 1024 if split == "train" else 256
         images, labels = synthetic(num_examples or default, seed, split, spec.num_classes, spec.image_shape)
+    elif spec.source == "cifar":
+        images, labels = cifar(dataset, data_dir, split)
     else:
-        tfds_name = spec.test_split if split == "test" else split
-        ds = tfds_split(dataset, tfds_name, data_dir, download, manual_dir)
-        size = spec.train_size if split == "train" else spec.test_size
-        cardinality = int(ds.cardinality())
-        if cardinality > 0:
-            size = cardinality
-        if num_examples:
-            ds, size = ds.take(num_examples), min(num_examples, size)
-        return ds.map(lambda x, y, *name: (x, tf.cast(y, tf.int64), *name)), size
+        raise ValueError(f"{dataset} is not read by keras_ffl.data.sources")
     if num_examples:
         images, labels = images[:num_examples], labels[:num_examples]
-    return tf.data.Dataset.from_tensor_slices((images, labels)), len(labels)
+    return images, labels

@@ -1,16 +1,20 @@
 """AFD's discriminator and transfer layer (paper 003, Sec. 3.2)."""
 
+import keras
 from keras import layers, ops
 
-from keras_ffl.backbones.base import batch_norm, conv, conv_initializer
+from keras_ffl.backbones.base import batch_norm, conv_initializer, conv_layer, torch_padding
+from keras_ffl.losses import as_float
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class Discriminator(layers.Layer):
     """Conv - BN - LeakyReLU - Conv - Sigmoid: a feature map to one probability of "real".
 
-    The paper gives no sizes.  Here: a 3x3 stride-2 conv halving the channels, BN, LeakyReLU
-    (slope 0.2, the LSGAN/DCGAN default), then a valid conv whose kernel covers the whole
-    remaining map and outputs one channel, so any spatial size reduces to one scalar.
+    The paper gives no sizes.  Here: a 3x3 stride-2 conv halving the channels (padded 1 on
+    every side, as a PyTorch ``Conv2d(padding=1)``), BN, LeakyReLU (slope 0.2, the
+    LSGAN/DCGAN default), then a valid conv whose kernel covers the whole remaining map and
+    outputs one channel, so any spatial size reduces to one scalar.
     """
 
     def __init__(self, sync_bn=False, **kwargs):
@@ -19,26 +23,28 @@ class Discriminator(layers.Layer):
 
     def build(self, input_shape):
         height, width, channels = input_shape[1], input_shape[2], input_shape[3]
-        self.conv1 = conv(max(channels // 2, 1), 3, strides=2, name="conv1")
+        self.pad = layers.ZeroPadding2D(torch_padding(3, 2), name="pad")
+        self.conv1 = conv_layer(max(channels // 2, 1), 3, strides=2, name="conv1", padding="valid")
         self.bn = batch_norm("bn", self.sync_bn)
-        remaining = ((height + 1) // 2, (width + 1) // 2)
+        remaining = ((height - 1) // 2 + 1, (width - 1) // 2 + 1)
         self.conv2 = layers.Conv2D(1, remaining, padding="valid", kernel_initializer=conv_initializer(), name="conv2")
 
     def call(self, feature_map, training=False):
-        x = ops.leaky_relu(self.bn(self.conv1(feature_map), training=training), negative_slope=0.2)
-        return ops.reshape(ops.sigmoid(ops.cast(self.conv2(x), "float32")), (-1,))
+        x = ops.leaky_relu(self.bn(self.conv1(self.pad(feature_map)), training=training), negative_slope=0.2)
+        return ops.reshape(ops.sigmoid(as_float(self.conv2(x))), (-1,))
 
     def get_config(self):
         return {**super().get_config(), "sync_bn": self.sync_bn}
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class TransferLayer(layers.Layer):
     """Conv - BN - ReLU bringing a feature map to ``channels`` (used when channel counts differ)."""
 
     def __init__(self, channels, sync_bn=False, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.sync_bn = channels, sync_bn
-        self.conv = conv(channels, 1, name="conv")
+        self.conv = conv_layer(channels, 1, name="conv")
         self.bn = batch_norm("bn", sync_bn)
 
     def call(self, feature_map, training=False):

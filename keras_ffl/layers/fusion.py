@@ -1,32 +1,40 @@
 """FFL's fusion module (paper 000, Fig. 2) and the spatial adapter it needs for mixed nets."""
 
+import keras
 from keras import layers, ops
 
-from keras_ffl.backbones.base import batch_norm, conv, conv_initializer, dense_classifier
+from keras_ffl.backbones.base import batch_norm, conv_initializer, conv_layer, dense_classifier, torch_padding
 
 FUSION_MODES = ("module", "average")
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class SpatialAdapter(layers.Layer):
     """Strided conv-BN-ReLU that brings a larger feature map down to the fusion size.
 
     The paper only says "a simple convolution operation ... similar to the regressor in
-    FitNets"; this is a 3x3 conv with stride ``factor`` that keeps the channel count.
+    FitNets"; this is a 3x3 conv with stride ``factor`` (padded 1 on every side, as PyTorch
+    would) that keeps the channel count.
     """
 
     def __init__(self, channels, factor, sync_bn=False, **kwargs):
         super().__init__(**kwargs)
         self.channels, self.factor, self.sync_bn = channels, factor, sync_bn
-        self.conv = conv(channels, 3, strides=factor, name="conv")
+        pad = torch_padding(3, factor)
+        self.pad = layers.ZeroPadding2D(pad, name="pad") if pad else None
+        self.conv = conv_layer(channels, 3, strides=factor, name="conv", padding="valid" if pad else "same")
         self.bn = batch_norm("bn", sync_bn)
 
     def call(self, x, training=False):
+        if self.pad is not None:
+            x = self.pad(x)
         return ops.relu(self.bn(self.conv(x), training=training))
 
     def get_config(self):
         return {**super().get_config(), "channels": self.channels, "factor": self.factor, "sync_bn": self.sync_bn}
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class FusionModule(layers.Layer):
     """Concatenate feature maps -> depthwise 3x3 -> BN -> ReLU -> 1x1 to N -> BN -> ReLU -> pool -> dense.
 
@@ -66,7 +74,7 @@ class FusionModule(layers.Layer):
                 3, padding="same", use_bias=False, depthwise_initializer=conv_initializer(), name="depthwise"
             )
             self.depthwise_bn = batch_norm("depthwise_bn", self.sync_bn)
-            self.pointwise = conv(self.channels, 1, name="pointwise")
+            self.pointwise = conv_layer(self.channels, 1, name="pointwise")
             self.pointwise_bn = batch_norm("pointwise_bn", self.sync_bn)
             fused_channels = self.channels
         self.classifier = dense_classifier(self.num_classes, fused_channels, name="classifier")

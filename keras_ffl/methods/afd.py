@@ -11,32 +11,38 @@ K = 2 the two learn from each other):
 D_k sees the peer's map as real and its own as fake.  T_k is a conv-BN-ReLU transfer
 layer to the smallest channel count, present only where a network's count differs.
 
-One forward pass, two updates: SGD applies the logit loss to the networks; one Adam step
-applies L_G to the feature extractors (and transfer layers) and L_D to the discriminators.
-The discriminators see detached maps, and L_G's gradient is applied to the extractors only,
-so neither side receives the other's gradients.  The Adam lives on the model
-(``feature_optimizer``), so checkpoints and BackupAndRestore carry its state.
+One forward pass, two updates (``update_plan``): the ``networks`` optimiser (SGD) applies the
+logit loss to the networks; one step of the ``features`` optimiser (Adam) applies L_G to the
+feature extractors (and transfer layers) and L_D to the discriminators.  The discriminators
+see detached maps, and L_G's gradient is applied to the extractors only, so neither side
+receives the other's gradients.  ``compile(optimizer=SGD, feature_optimizer=Adam)`` holds both
+in one ``OptimizerGroup``, so checkpoints carry both states on every backend;
+``feature_optimizer`` defaults to the paper's Adam (lr 2e-5; the paper's x0.1 steps at epochs
+75 and 150 are what the command line's schedule adds).
 
-Modes (paper Tables 1-2): ``full``, ``adversarial`` (no KL), ``kd`` (no adversarial),
-``l1`` and ``l1_kd`` (direct L1 alignment of the transferred maps to the detached peer map,
-optimised like the adversarial term, instead of discriminators).
+Modes (paper Tables 1-2): ``full``, ``adversarial`` (no KL), ``kd`` (no adversarial, one
+optimiser), ``l1`` and ``l1_kd`` (direct L1 alignment of the transferred maps to the
+detached peer map, optimised like the adversarial term, instead of discriminators).
 """
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_ffl.layers.adversarial import Discriminator, TransferLayer
-from keras_ffl.losses import cross_entropy, distillation_kl
-from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.losses import as_float, cross_entropy, distillation_kl, squared_error_to
+from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
+from keras_ffl.optimizers import OptimizerGroup
 
 AFD_MODES = ("full", "adversarial", "kd", "l1", "l1_kd")
+#: The paper's feature optimiser: Adam, lr 2e-5.
+PAPER_FEATURE_LR = 2e-5
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class AFD(OnlineDistiller):
     independent_only = True
 
-    def __init__(self, branches, num_classes, trunk=None, mode="full", feature_weight_decay=0.1, sync_bn=False,
+    def __init__(self, branches, num_classes=None, trunk=None, mode="full", feature_weight_decay=0.1, sync_bn=False,
                  **kwargs):
         if mode not in AFD_MODES:
             raise ValueError(f"AFD mode must be one of {AFD_MODES}, got '{mode}'")
@@ -57,7 +63,6 @@ class AFD(OnlineDistiller):
             if self.adversarial
             else []
         )
-        self.feature_optimizer = None
         # Ids, not the variables: a plain frozenset is not tracked as model state.
         self._extractor_ids = frozenset(id(v) for v in self.extractor_variables())
 
@@ -89,7 +94,7 @@ class AFD(OnlineDistiller):
 
     def transferred(self, outputs, training):
         return [
-            ops.cast(t(f, training=training) if t is not None else f, "float32")
+            as_float(t(f, training=training) if t is not None else f)
             for t, f in zip(self.transfers, outputs["features"])
         ]
 
@@ -100,7 +105,7 @@ class AFD(OnlineDistiller):
             maps = outputs["transferred"]
             outputs["d_fake"] = [d(m, training=training) for d, m in zip(self.discriminators, maps)]
             outputs["d_real"] = [
-                d(tf.stop_gradient(maps[self.peer(k)]), training=training) for k, d in enumerate(self.discriminators)
+                d(ops.stop_gradient(maps[self.peer(k)]), training=training) for k, d in enumerate(self.discriminators)
             ]
         return {}
 
@@ -113,16 +118,15 @@ class AFD(OnlineDistiller):
         if self.adversarial:
             fake, real = outputs["d_fake"], outputs["d_real"]
             for k in range(len(logits)):
-                terms[f"adv_g{k}"] = tf.square(1.0 - fake[k])
+                terms[f"adv_g{k}"] = squared_error_to(1.0, fake[k])
             for k in range(len(logits)):
-                # The discriminator's gradient never reaches the networks: only its own
-                # variables are updated from this term.
-                terms[f"adv_d{k}"] = tf.square(1.0 - real[k]) + tf.square(fake[k])
+                # Only the discriminators' own variables are updated from this term.
+                terms[f"adv_d{k}"] = squared_error_to(1.0, real[k]) + squared_error_to(0.0, fake[k])
         if self.uses_l1:
             maps = outputs["transferred"]
             for k in range(len(logits)):
-                diff = tf.abs(maps[k] - tf.stop_gradient(maps[self.peer(k)]))
-                terms[f"l1_net{k}"] = tf.reduce_mean(diff, axis=[1, 2, 3])
+                diff = ops.abs(maps[k] - ops.stop_gradient(maps[self.peer(k)]))
+                terms[f"l1_net{k}"] = ops.mean(diff, axis=(1, 2, 3))
         return terms
 
     # ------------------------------------------------------------- variable groups
@@ -130,92 +134,55 @@ class AFD(OnlineDistiller):
         return [v for b in self.branches for v in b.trainable_variables]
 
     def extractor_variables(self):
-        """Variables the feature maps depend on (the networks minus their classifiers).
-
-        Read off the functional graph: a model from each branch's input to its feature map
-        holds exactly the layers on that path.  (A gradient probe would not work under
-        MirroredStrategy, where the model is built in cross-replica context.)
-        """
+        """Variables the feature maps depend on (the networks minus their classifiers), read off
+        the functional graph: a model from each branch's input to its feature map holds exactly
+        the layers on that path."""
         found = []
         for branch in self.branches:
-            extractor = keras.Model(branch.inputs, branch.outputs[1])
-            found += extractor.trainable_variables
+            found += keras.Model(branch.inputs, branch.outputs[1]).trainable_variables
         return found
 
     def feature_variables(self):
-        """What the feature optimiser updates: extractors, transfer layers, discriminators."""
+        """What the feature optimiser updates: ``(extractors + transfer layers, discriminators)``."""
         transfers = [v for t in self.transfers if t is not None for v in t.trainable_variables]
         discriminators = [v for d in self.discriminators for v in d.trainable_variables]
         extractors = [v for v in self.network_variables() if id(v) in self._extractor_ids]
         return extractors + transfers, discriminators
 
-    def compile(self, optimizer=None, feature_optimizer=None, **kwargs):
-        super().compile(optimizer=optimizer, **kwargs)
+    def optimizer_roles(self):
+        if not isinstance(self.optimizer, OptimizerGroup):
+            return {"optimizer": self.network_variables()}
+        extractors, discriminators = self.feature_variables()
+        return {"networks": self.network_variables(), "features": extractors + discriminators}
+
+    def update_plan(self):
+        networks = self.network_variables()
+        logit_terms = tuple(n for n in self.term_names if n.startswith(("ce_", "kd_")))
+        updates = [Update("networks", (Gradient(logit_terms, networks, ((self.weight_decay, networks),)),))]
         if self.mode != "kd":
-            if feature_optimizer is None:
-                raise ValueError("AFD needs a feature_optimizer (Adam in the paper) unless mode='kd'")
-            if self.dtype_policy.name == "mixed_float16":
-                feature_optimizer = keras.optimizers.LossScaleOptimizer(feature_optimizer)
-            self.feature_optimizer = feature_optimizer
-
-    @property
-    def optimizers(self):
-        return [self.optimizer] + ([self.feature_optimizer] if self.feature_optimizer is not None else [])
-
-    def build_optimizers(self):
-        """Creates every optimiser variable now: MirroredStrategy fails on extra optimisers
-        that build lazily inside the step (a cond/Placeholder InvalidArgumentError)."""
-        self.optimizer.build(self.network_variables())
-        if self.feature_optimizer is not None:
             extractors, discriminators = self.feature_variables()
-            self.feature_optimizer.build(extractors + discriminators)
+            decay = self.feature_weight_decay
+            generator_terms = tuple(n for n in self.term_names if n.startswith(("adv_g", "l1_")))
+            gradients = [Gradient(generator_terms, extractors, ((decay, extractors),))]
+            if discriminators:
+                critic_terms = tuple(n for n in self.term_names if n.startswith("adv_d"))
+                gradients.append(Gradient(critic_terms, discriminators, ((decay, discriminators),)))
+            updates.append(Update("features", tuple(gradients)))
+        return [updates]
 
-    # -------------------------------------------------------------------- the step
-    def train_step(self, data):
-        images, labels = data[0], data[1]
-        network_vars = self.network_variables()
-        extractor_vars, discriminator_vars = self.feature_variables()
-        with tf.GradientTape(persistent=True) as tape:
-            outputs = self.forward(images, training=True)
-            terms = self.compute_losses(outputs, labels)
-            self.check_terms(terms)
-            logit_loss = self.weighted_sum({n: v for n, v in terms.items() if n.startswith(("ce_", "kd_"))})
-            logit_loss = self.optimizer.scale_loss(logit_loss + self.l2_penalty([(self.weight_decay, network_vars)]))
-            if self.feature_optimizer is not None:
-                g_loss = self.weighted_sum(
-                    {n: v for n, v in terms.items() if n.startswith(("adv_g", "l1_"))}
-                ) + self.l2_penalty([(self.feature_weight_decay, extractor_vars)])
-                g_loss = self.feature_optimizer.scale_loss(g_loss)
-                if discriminator_vars:
-                    d_loss = self.weighted_sum(
-                        {n: v for n, v in terms.items() if n.startswith("adv_d")}
-                    ) + self.l2_penalty([(self.feature_weight_decay, discriminator_vars)])
-                    d_loss = self.feature_optimizer.scale_loss(d_loss)
-        # Every gradient comes from the one forward pass above, before any update.
-        logit_grads = tape.gradient(logit_loss, network_vars)
-        if self.feature_optimizer is not None:
-            feature_grads = tape.gradient(g_loss, extractor_vars)
-            if discriminator_vars:
-                feature_grads += tape.gradient(d_loss, discriminator_vars)
-        del tape
-        self.optimizer.apply(logit_grads, network_vars)
-        if self.feature_optimizer is not None:
-            self.feature_optimizer.apply(feature_grads, extractor_vars + discriminator_vars)
-        return self.update_metrics(outputs, labels, terms)
+    def compile(self, optimizer="sgd", feature_optimizer=None, **kwargs):
+        """``optimizer`` trains the networks on the logit loss; ``feature_optimizer`` (default:
+        the paper's Adam, lr 2e-5) the extractors and discriminators on the feature losses."""
+        if not isinstance(optimizer, OptimizerGroup) and self.mode != "kd":
+            members = {"networks": keras.optimizers.get(optimizer),
+                       "features": feature_optimizer or keras.optimizers.Adam(PAPER_FEATURE_LR)}
+            if self.dtype_policy.name == "mixed_float16":
+                members = {role: keras.optimizers.LossScaleOptimizer(o) for role, o in members.items()}
+            optimizer = OptimizerGroup(members)
+        elif feature_optimizer is not None:
+            raise ValueError("AFD in mode 'kd' has no feature optimiser")
+        super().compile(optimizer=optimizer, **kwargs)
 
     def get_config(self):
-        return {**super().get_config(), "mode": self.mode, "feature_weight_decay": self.feature_weight_decay, "sync_bn": self.sync_bn}
-
-
-def afd_options(config):
-    from keras_ffl.build import use_sync_bn
-
-    return dict(mode=config.afd_mode, feature_weight_decay=config.feature_weight_decay, sync_bn=use_sync_bn(config))
-
-
-def afd_feature_optimizer(config, steps_per_epoch):
-    """Adam, lr 2e-5 x0.1 at epochs 75 and 150 (paper 003 Sec. 4)."""
-    from keras_ffl.build import step_schedule
-
-    schedule = step_schedule(config.feature_lr, config.feature_lr_milestones, config.lr_gamma, steps_per_epoch)
-    return keras.optimizers.Adam(learning_rate=schedule)
+        return {**super().get_config(), "mode": self.mode, "feature_weight_decay": self.feature_weight_decay,
+                "sync_bn": self.sync_bn}

@@ -1,36 +1,73 @@
-"""What every online-distillation method shares.
+"""What every online-distillation method shares, written once in ``keras.ops``.
 
-A method is a ``keras.Model`` that receives already-built sub-networks: an optional
-shared ``trunk`` and ``branches`` (each a model returning ``[logits, feature_map]``).
-It never names an architecture, so any ``keras.Model`` with that output contract can
-take part ("bring your own").
+A method is a ``keras.Model`` that receives already-built sub-networks: an optional shared
+``trunk`` and ``branches`` (each a model returning ``[logits, feature_map]``).  It never names
+an architecture, so any ``keras.Model`` with that output contract can take part.
 
-A subclass implements only what is its own:
+A subclass declares only what is its own:
 
 * ``loss_term_names()``: the stable names of its loss terms (``ce_net0``, ``kd_fused``...);
 * ``compute_losses(outputs, labels)``: a dict of *per-example* losses under those names;
-* optionally ``build_teachers(outputs, training)``: extra logits it reports (``fused``...)
-  and ``weight_decay_groups()`` when some variables decay differently.
+* optionally ``build_teachers(outputs, training)`` (extra logits it reports, ``fused``...),
+  ``weight_decay_groups()`` (variables that decay at another rate), ``term_weights`` (a
+  constant factor per term) and ``update_plan()``: which terms train which variables with
+  which optimiser, when that is not "every term, every variable, one optimiser".
 
-The base class owns the rest: the forward pass, the ramp-up of every ``kd_*`` term,
-the replica-aware reduction (each term is a mean over the *global* batch, exactly as
-Keras's built-in losses are under ``tf.distribute``), PyTorch-style coupled L2 weight
-decay, loss scaling for mixed precision, metric trackers and the eval heads.
+The base class owns the rest: the forward pass, the ramp-up of every ``kd_*`` term (it
+follows the epoch by itself through ``fit``), PyTorch-style coupled L2 weight decay, metric
+trackers, the eval heads, standalone parts (``subnetwork(k)``, ``part("fused")``) and
+serialization.  The engine of the running backend (``keras_ffl.engines``) turns the
+declared plan into ``train_step``: GradientTape and tf.distribute on TensorFlow, a stateless
+jitted step on JAX.  Methods never import a backend.
+
+Every variable exists when the constructor returns (the fusion module, gates and
+discriminators included), so ``compile`` builds the optimiser on all of them and ``fit``
+needs no call before it.
 """
 
+import functools
+import inspect
+from typing import NamedTuple
+
 import keras
-import tensorflow as tf
+import numpy as np
 from keras import ops
 
-from keras_ffl.losses import rampup_weight
+from keras_ffl import engines
+from keras_ffl.callbacks import EpochVariable
+from keras_ffl.losses import as_float, rampup_weight
+from keras_ffl.optimizers import OptimizerGroup
 
 #: Loss terms whose name starts with this prefix are multiplied by the ramp-up weight.
 RAMPED_PREFIX = "kd_"
 
 
-def in_multi_worker_mode():
-    strategy = tf.distribute.get_strategy()
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+class Gradient(NamedTuple):
+    """One loss differentiated with respect to some variables.
+
+    The loss is the weighted sum of ``terms`` (``kd_*`` ones ramped) plus the coupled L2
+    penalty ``0.5 * rate * ||w||^2`` of each ``(rate, variables)`` in ``decay``.
+    """
+
+    terms: tuple
+    variables: list
+    decay: tuple = ()
+
+
+class Update(NamedTuple):
+    """One optimiser step: the optimiser of role ``optimizer`` (``"optimizer"`` is the model's
+    own) applied once to the gradients of ``gradients``, whose variables are disjoint."""
+
+    optimizer: str
+    gradients: tuple
+
+
+def serialize_model(model):
+    return keras.saving.serialize_keras_object(model) if model is not None else None
+
+
+def deserialize_model(config):
+    return keras.saving.deserialize_keras_object(config) if config is not None else None
 
 
 class OnlineDistiller(keras.Model):
@@ -40,33 +77,73 @@ class OnlineDistiller(keras.Model):
     teacher_names = ()
     #: Methods whose networks must not share a trunk (their config then carries none).
     independent_only = False
+    #: Methods that need a shared trunk with branches of one architecture.
+    needs_trunk = False
+    #: The fewest sub-networks the method makes sense with.
+    min_branches = 2
+    #: Independently augmented copies of each image the method trains on (inputs then carry
+    #: ``"views"`` [B, V, H, W, C]), and whether it needs each example's index (``"index"``).
+    input_views = 1
+    needs_example_index = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Wraps each subclass's ``__init__`` so that the model is built (every variable
+        created) once the outermost constructor has returned."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__init__  # its own, or the (already wrapped) inherited one
+
+        @functools.wraps(init)
+        def init_then_build(self, *args, **kw):
+            outermost = not getattr(self, "_keras_ffl_constructing", False)
+            object.__setattr__(self, "_keras_ffl_constructing", True)
+            try:
+                init(self, *args, **kw)
+            finally:
+                if outermost:
+                    object.__setattr__(self, "_keras_ffl_constructing", False)
+            if outermost:
+                self._build_now()
+
+        cls.__init__ = init_then_build
 
     def __init__(
         self,
         branches,
-        num_classes,
+        num_classes=None,
         trunk=None,
         temperature=3.0,
         rampup_epochs=80,
         weight_decay=1e-4,
-        min_branches=2,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        name = type(self).__name__
+        branches = list(branches)
         if self.independent_only and trunk is not None:
-            raise ValueError(f"{type(self).__name__} trains independent networks: build them without a shared trunk")
-        if len(branches) < min_branches:
-            raise ValueError(f"{type(self).__name__} needs at least {min_branches} sub-networks, got {len(branches)}")
+            raise ValueError(f"{name} trains independent networks: build them without a shared trunk")
+        if self.needs_trunk and trunk is None:
+            raise ValueError(f"{name} needs a shared trunk with branches of one architecture")
+        if len(branches) < self.min_branches:
+            raise ValueError(f"{name} needs at least {self.min_branches} sub-networks, got {len(branches)}")
+        for k, branch in enumerate(branches):
+            if not isinstance(branch, keras.Model) or len(branch.outputs or ()) < 2:
+                raise ValueError(f"sub-network {k} must be a keras.Model returning [logits, feature_map]")
+        inferred = branches[0].outputs[0].shape[-1]
+        self.num_classes = int(num_classes if num_classes is not None else inferred)
+        if inferred is not None and inferred != self.num_classes:
+            raise ValueError(f"num_classes={self.num_classes}, but sub-network 0 returns {inferred} logits")
         self.trunk = trunk
-        self.branches = list(branches)
-        self.num_classes = int(num_classes)
+        self.branches = branches
         self.temperature = float(temperature)
         self.rampup_epochs = int(rampup_epochs)
         self.weight_decay = float(weight_decay)
-        # Kept as a variable so the compiled step reads the current epoch; the
-        # EpochVariable callback sets it at the start of every epoch.
+        # A variable, so the compiled step reads the current epoch; ``fit`` sets it at the start
+        # of every epoch (``EpochVariable``, added by ``fit`` itself).
         self.epoch = keras.Variable(0.0, trainable=False, dtype="float32", name="epoch")
+        self.term_weights = {}
 
+    def _build_now(self):
+        """Creates every variable with one inference pass on a dummy batch."""
         self.part_names = [f"net{k}" for k in range(len(self.branches))] + ["ensemble", *self.teacher_names]
         self.term_names = list(self.loss_term_names())
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in ["loss", *self.term_names]}
@@ -76,6 +153,23 @@ class OnlineDistiller(keras.Model):
             if self.num_classes > 10
             else {}
         )
+        self(self.example_inputs(1), training=False)
+
+    @property
+    def image_shape(self):
+        first = self.trunk if self.trunk is not None else self.branches[0]
+        return tuple(first.inputs[0].shape[1:])
+
+    def example_inputs(self, batch_size):
+        """A dummy input batch (what ``call`` takes)."""
+        return np.zeros((batch_size, *self.image_shape), dtype="float32")
+
+    def build(self, input_shape=None):
+        # Built in the constructor; Keras's loader calls this with the saved input shape.
+        self.built = True
+
+    def get_build_config(self):
+        return {"input_shape": (None, *self.image_shape)}
 
     @property
     def num_branches(self):
@@ -92,15 +186,6 @@ class OnlineDistiller(keras.Model):
     def build_teachers(self, outputs, training):
         """Returns ``{teacher_name: logits}`` for the names in ``teacher_names``."""
         return {}
-
-    def build_optimizers(self):
-        """Creates the optimiser's variables now (see ``keras_ffl.build.compile_model``)."""
-        self.optimizer.build(self.trainable_variables)
-
-    @property
-    def optimizers(self):
-        """Every optimiser the method steps; checkpoints hold all of their states."""
-        return [self.optimizer]
 
     def forward_branches(self):
         """The models ``forward`` runs: ``branches`` by default.  A method that needs more of a
@@ -119,79 +204,117 @@ class OnlineDistiller(keras.Model):
         rest = [v for v in self.trainable_variables if id(v) not in own]
         return [(self.weight_decay, rest), (decay, module.trainable_variables)]
 
+    def optimizer_roles(self):
+        """``{role: variables}``: what each optimiser is built on.  One optimiser over every
+        trainable variable unless a method says otherwise (AFD)."""
+        return {"optimizer": self.trainable_variables}
+
+    def update_plan(self):
+        """Phases of updates; each phase is one forward pass, then every update of it (all of
+        its gradients are taken before any is applied).  Default: one phase, one update of
+        every term on every trainable variable with the model's optimiser."""
+        gradient = Gradient(tuple(self.term_names), self.trainable_variables, tuple(self.weight_decay_groups()))
+        return [[Update("optimizer", (gradient,))]]
+
     # ---------------------------------------------------------------- forward pass
-    def forward(self, images, training=False):
+    def split_inputs(self, inputs):
+        """``(images, extras)``: methods that take more than images (example indices, several
+        views) receive a dict; the images are what sub-networks see."""
+        if isinstance(inputs, dict):
+            return inputs["images"], {k: v for k, v in inputs.items() if k != "images"}
+        return inputs, {}
+
+    def forward(self, inputs, training=False):
         """Everything a loss may need: per-net logits and feature maps, ensemble, teachers."""
+        images, extras = self.split_inputs(inputs)
         shared = self.trunk(images, training=training) if self.trunk is not None else images
         logits, features, taps = [], [], []
         for branch in self.forward_branches():
             z, f, *extra = branch(shared, training=training)
-            logits.append(ops.cast(z, "float32"))
+            logits.append(as_float(z))
             features.append(f)
             taps.append(extra)
         outputs = {
             "images": images,
+            "extras": extras,
             "shared": shared,
             "logits": logits,
             "features": features,
             "taps": taps,
             "ensemble": ops.mean(ops.stack(logits, axis=0), axis=0),
         }
-        outputs["teachers"] = {k: ops.cast(v, "float32") for k, v in self.build_teachers(outputs, training).items()}
+        outputs["teachers"] = {k: as_float(v) for k, v in self.build_teachers(outputs, training).items()}
         return outputs
 
-    def call(self, images, training=False):
-        outputs = self.forward(images, training=training)
+    def call(self, inputs, training=False):
+        return self.named_logits(self.forward(inputs, training=training))
+
+    def named_logits(self, outputs):
         named = {f"net{k}": z for k, z in enumerate(outputs["logits"])}
         named["ensemble"] = outputs["ensemble"]
         named.update(outputs["teachers"])
         return named
 
+    # --------------------------------------------------------------- standalone parts
     def subnetwork(self, index):
-        """A standalone functional model for sub-network ``index``: images -> logits."""
-        branch = self.branches[index]
-        inputs = keras.Input(shape=self.trunk.input_shape[1:] if self.trunk is not None else branch.input_shape[1:])
+        """Sub-network ``index`` as a standalone functional model, images -> logits, holding only
+        its own weights (the shared trunk and branch ``index``)."""
+        if not 0 <= index < len(self.branches):
+            raise ValueError(f"{self.name} has sub-networks 0..{len(self.branches) - 1}, not {index}")
+        inputs = keras.Input(shape=self.image_shape, name="images")
         x = self.trunk(inputs) if self.trunk is not None else inputs
-        logits, _ = branch(x)
+        logits = self.branches[index](x)[0]
         return keras.Model(inputs, logits, name=f"net{index}")
+
+    def part(self, name):
+        """Any part in ``part_names`` as a standalone model, images -> logits: ``net{k}`` holds
+        only its own weights; ``ensemble`` and the teachers (``fused``...) hold what they need."""
+        if name not in self.part_names:
+            raise ValueError(f"no part '{name}' in this {self.name} model: choose from {', '.join(self.part_names)}")
+        digits = "".join(c for c in name if c.isdigit())
+        if name == f"net{digits}":
+            return self.subnetwork(int(digits))
+        own = self.standalone_part(name)
+        if own is not None:
+            return own
+        inputs = keras.Input(shape=self.image_shape, name="images")
+        return keras.Model(inputs, self(inputs)[name], name=name)
+
+    def standalone_part(self, name):
+        """A method's own smaller model for one of its parts (FFCL's frozen copies), or None."""
+        return None
 
     # --------------------------------------------------------------- loss plumbing
     def rampup(self):
-        return rampup_weight(tf.convert_to_tensor(self.epoch), self.rampup_epochs)
+        return rampup_weight(self.epoch, self.rampup_epochs)
 
     def term_weight(self, name):
-        return self.rampup() if name.startswith(RAMPED_PREFIX) else 1.0
+        weight = self.term_weights.get(name, 1.0)
+        return weight * self.rampup() if name.startswith(RAMPED_PREFIX) else weight
 
     def check_terms(self, terms):
         if list(terms) != self.term_names:
             raise ValueError(f"{type(self).__name__}.compute_losses returned {list(terms)}, declared {self.term_names}")
 
-    def weighted_sum(self, terms, reduce=tf.nn.compute_average_loss):
-        """Sum of ``reduce``d terms, ``kd_*`` ones ramped.  The default reduction is the mean
-        over the global batch (replica-aware); ``ops.mean`` gives the per-replica value."""
-        return tf.add_n([self.term_weight(n) * reduce(v) for n, v in terms.items()])
+    def weighted_sum(self, terms, reduce=ops.mean):
+        """Sum of ``reduce``d terms, each times its weight (``kd_*`` ones ramped)."""
+        values = [ops.multiply(self.term_weight(n), reduce(v)) for n, v in terms.items()]
+        return sum(values[1:], values[0])
 
     def total_loss(self, terms):
-        """The training loss of all declared terms (replica-aware)."""
+        """The loss over all declared terms (mean over the batch, without weight decay)."""
         self.check_terms(terms)
         return self.weighted_sum(terms)
 
-    def l2_penalty(self, groups=None):
-        """PyTorch-style coupled L2: gradient wd * w, split across replicas since they sum."""
-        penalties = [
-            decay * 0.5 * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
-            for decay, variables in (groups if groups is not None else self.weight_decay_groups())
-            if decay > 0 and variables
-        ]
-        if not penalties:
-            return tf.constant(0.0)
-        return tf.add_n(penalties) / tf.cast(tf.distribute.get_strategy().num_replicas_in_sync, tf.float32)
-
     @staticmethod
-    def apply_scaled_loss(tape, scaled_loss, optimizer, variables):
-        """Differentiates a loss already scaled *inside* the tape by ``optimizer.scale_loss``
-        (a no-op except under mixed_float16) and applies the update on ``variables``."""
-        optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+    def l2_penalty(groups):
+        """PyTorch-style coupled L2: ``sum 0.5 * rate * ||w||^2``, whose gradient is ``rate * w``."""
+        penalty = 0.0
+        for decay, variables in groups:
+            if decay > 0 and variables:
+                squares = [ops.sum(ops.square(as_float(v))) for v in variables]
+                penalty = penalty + decay * 0.5 * sum(squares[1:], squares[0])
+        return penalty
 
     # --------------------------------------------------------------------- metrics
     @property
@@ -199,50 +322,93 @@ class OnlineDistiller(keras.Model):
         return [*self.loss_trackers.values(), *self.top1.values(), *self.top5.values()]
 
     def update_metrics(self, outputs, labels, terms):
-        named = {f"net{k}": z for k, z in enumerate(outputs["logits"])}
-        named["ensemble"] = outputs["ensemble"]
-        named.update(outputs["teachers"])
-        for part, logits in named.items():
+        for part, logits in self.named_logits(outputs).items():
             self.top1[part].update_state(labels, logits)
             if part in self.top5:
                 self.top5[part].update_state(labels, logits)
         for name, values in terms.items():
             self.loss_trackers[name].update_state(ops.mean(values))
-        self.loss_trackers["loss"].update_state(self.weighted_sum(terms, reduce=ops.mean))
-        results = {m.name: m.result() for m in self.metrics}
-        if in_multi_worker_mode():
-            # Keras averages step results across workers with strategy.reduce(MEAN, axis=0),
-            # which needs an axis: a scalar fails ("Invalid reduction dimension 0").
-            results = {name: ops.reshape(value, [1]) for name, value in results.items()}
-        return results
+        self.loss_trackers["loss"].update_state(self.weighted_sum(terms))
+        return {m.name: m.result() for m in self.metrics}
 
-    # ------------------------------------------------------------------ fit hooks
+    # ------------------------------------------------------------ compile and fit
+    def compile(self, optimizer="sgd", loss=None, metrics=None, **kwargs):
+        """Keras's ``compile``; the method computes its own losses and reports the top-1 (and
+        top-5) of every part, so ``loss`` and ``metrics`` are not taken.  The optimiser is
+        built on the model's variables here, so a checkpoint can be loaded before ``fit``."""
+        if loss is not None or metrics is not None:
+            raise ValueError(
+                f"{type(self).__name__} computes its own loss terms and reports every part's accuracy: "
+                "compile it without loss= and metrics="
+            )
+        if isinstance(optimizer, OptimizerGroup):
+            kwargs["auto_scale_loss"] = False  # each member is wrapped on its own
+        super().compile(optimizer=optimizer, **kwargs)
+        self.build_optimizers()
+
+    def build_optimizers(self):
+        """Creates every optimiser variable now: restored checkpoints and MirroredStrategy both
+        need them before ``fit``."""
+        roles = self.optimizer_roles()
+        if isinstance(self.optimizer, OptimizerGroup):
+            self.optimizer.build([])
+            for role, optimizer in self.optimizer.members.items():
+                if not optimizer.built:
+                    optimizer.build(roles[role])
+        elif not self.optimizer.built:
+            self.optimizer.build(roles["optimizer"])
+
+    def optimizer_for(self, role):
+        if isinstance(self.optimizer, OptimizerGroup):
+            return self.optimizer.members[role]
+        return self.optimizer
+
+    @property
+    def optimizers(self):
+        """Every optimiser the method steps (members of a group included)."""
+        if isinstance(self.optimizer, OptimizerGroup):
+            return list(self.optimizer.members.values())
+        return [self.optimizer] if self.optimizer is not None else []
+
+    def compile_from_config(self, config):
+        config = keras.saving.deserialize_keras_object(config)
+        self.compile(**config)
+
+    def fit(self, *args, **kwargs):
+        """Keras's ``fit``, with the callback that moves the ramp-up from epoch to epoch."""
+        bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
+        callbacks = bound.arguments.get("callbacks")
+        if isinstance(callbacks, keras.callbacks.CallbackList):
+            if not any(isinstance(c, EpochVariable) for c in callbacks.callbacks):
+                callbacks.append(EpochVariable())
+        else:
+            callbacks = list(callbacks or [])
+            if not any(isinstance(c, EpochVariable) for c in callbacks):
+                callbacks.insert(0, EpochVariable())
+            bound.arguments["callbacks"] = callbacks
+        arguments = dict(bound.arguments)
+        arguments.pop("self")
+        return super().fit(**arguments)
+
+    # ------------------------------------------------------------ the step, per backend
+    def train_step(self, *args):
+        return engines.current().train_step(self, *args)
+
+    def test_step(self, *args):
+        return engines.current().test_step(self, *args)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         """Keras 3's TF trainer builds a distributed model at the start of ``fit`` from a first
         batch it averages with ``strategy.reduce``, which MultiWorkerMirroredStrategy cannot do
         eagerly on per-replica values (keras-team/keras#20585: "unsupported type PerReplica").
-        Everything it would build already exists here (``build_model`` calls the model and
-        ``compile_model`` builds the optimisers; the losses and metrics are the method's own),
-        so it is skipped then, which also spares pulling and discarding a first batch."""
+        Everything it would build already exists (the constructor builds the model and
+        ``compile`` the optimisers; the losses and metrics are the method's own), so it is
+        skipped then, which also spares pulling and discarding a first batch."""
         if self.built and self.optimizer is not None and self.optimizer.built:
             return
         super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def train_step(self, data):
-        images, labels = data[0], data[1]
-        variables = self.trainable_variables
-        with tf.GradientTape() as tape:
-            outputs = self.forward(images, training=True)
-            terms = self.compute_losses(outputs, labels)
-            loss = self.optimizer.scale_loss(self.total_loss(terms) + self.l2_penalty())
-        self.apply_scaled_loss(tape, loss, self.optimizer, variables)
-        return self.update_metrics(outputs, labels, terms)
-
-    def test_step(self, data):
-        images, labels = data[0], data[1]
-        outputs = self.forward(images, training=False)
-        return self.update_metrics(outputs, labels, self.compute_losses(outputs, labels))
-
+    # --------------------------------------------------------------- serialization
     def get_config(self):
         config = {
             "name": self.name,
@@ -250,17 +416,23 @@ class OnlineDistiller(keras.Model):
             "temperature": self.temperature,
             "rampup_epochs": self.rampup_epochs,
             "weight_decay": self.weight_decay,
-            "trunk": keras.saving.serialize_keras_object(self.trunk) if self.trunk is not None else None,
-            "branches": [keras.saving.serialize_keras_object(b) for b in self.branches],
+            "branches": [serialize_model(b) for b in self.branches],
         }
-        if self.independent_only:
-            del config["trunk"]
+        if not self.independent_only:
+            config["trunk"] = serialize_model(self.trunk)
         return config
 
     @classmethod
     def from_config(cls, config):
         config = dict(config)
-        config["branches"] = [keras.saving.deserialize_keras_object(b) for b in config["branches"]]
-        if config.get("trunk") is not None:
-            config["trunk"] = keras.saving.deserialize_keras_object(config["trunk"])
+        config["branches"] = [deserialize_model(b) for b in config["branches"]]
+        if "trunk" in config:
+            config["trunk"] = deserialize_model(config["trunk"])
+        for key in cls.nested_model_keys():
+            config[key] = deserialize_model(config.get(key))
         return cls(**config)
+
+    @classmethod
+    def nested_model_keys(cls):
+        """Config keys (besides branches and trunk) that hold serialized Keras models."""
+        return ()

@@ -6,25 +6,27 @@ average of its peers:
     L_k = CE(z_k) + 1/(K-1) * sum_{j != k} kl(z_k <- z_j)
 
 The KL carries T^2, so at the paper's T = 1 it is the paper's loss exactly; the AFD paper
-compares against DML at T = 3 with T^2 (``--temperature=3``).
+compares against DML at T = 3 with T^2 (``temperature=3``).
 
 Update order: ``synchronous`` (default, the common re-implementation) updates every network
 from one forward pass with detached targets.  ``sequential`` is the paper's: network 1 is
-updated, predictions are recomputed, then network 2, and so on.
+updated, predictions are recomputed, then network 2, and so on; the optimiser counts one
+step per mini-batch, so its schedule is the synchronous one.
 """
 
-import tensorflow as tf
+import keras
 
 from keras_ffl.losses import cross_entropy, mean_peer_kl
-from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
 
 UPDATE_ORDERS = ("synchronous", "sequential")
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class DML(OnlineDistiller):
     independent_only = True
 
-    def __init__(self, branches, num_classes, trunk=None, update="synchronous", **kwargs):
+    def __init__(self, branches, num_classes=None, trunk=None, update="synchronous", **kwargs):
         if update not in UPDATE_ORDERS:
             raise ValueError(f"DML update must be one of {UPDATE_ORDERS}, got '{update}'")
         self.update = update
@@ -34,38 +36,21 @@ class DML(OnlineDistiller):
         k = range(len(self.branches))
         return [f"ce_net{i}" for i in k] + [f"kd_net{i}" for i in k]
 
-    def peer_kl(self, logits, k):
-        return mean_peer_kl(logits, k, self.temperature)
-
     def compute_losses(self, outputs, labels):
         logits = outputs["logits"]
         terms = {f"ce_net{k}": cross_entropy(z, labels) for k, z in enumerate(logits)}
-        terms.update({f"kd_net{k}": self.peer_kl(logits, k) for k in range(len(logits))})
+        terms.update({f"kd_net{k}": mean_peer_kl(logits, k, self.temperature) for k in range(len(logits))})
         return terms
 
-    def train_step(self, data):
+    def update_plan(self):
         if self.update == "synchronous":
-            return super().train_step(data)
-        images, labels = data[0], data[1]
-        for k, branch in enumerate(self.branches):
-            variables = branch.trainable_variables
-            with tf.GradientTape() as tape:
-                outputs = self.forward(images, training=True)
-                own_terms = {
-                    f"ce_net{k}": cross_entropy(outputs["logits"][k], labels),
-                    f"kd_net{k}": self.peer_kl(outputs["logits"], k),
-                }
-                loss = self.weighted_sum(own_terms) + self.l2_penalty([(self.weight_decay, variables)])
-                loss = self.optimizer.scale_loss(loss)
-            self.apply_scaled_loss(tape, loss, self.optimizer, variables)
-        # One optimiser step per mini-batch for the schedule, however many networks were updated.
-        self.optimizer.iterations.assign_sub(len(self.branches) - 1)
-        # Metrics of the last forward pass (every network but the last already updated).
-        return self.update_metrics(outputs, labels, self.compute_losses(outputs, labels))
+            return super().update_plan()
+        # One phase per network, each after a fresh forward pass through the updated peers.
+        return [
+            [Update("optimizer", (Gradient((f"ce_net{k}", f"kd_net{k}"), branch.trainable_variables,
+                                           ((self.weight_decay, branch.trainable_variables),)),))]
+            for k, branch in enumerate(self.branches)
+        ]
 
     def get_config(self):
         return {**super().get_config(), "update": self.update}
-
-
-def dml_options(config):
-    return dict(update=config.dml_update)

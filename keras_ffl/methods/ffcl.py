@@ -29,23 +29,23 @@ NRK: the frozen teachers, for reference).
 """
 
 import keras
-from keras import ops
 
-from keras_ffl.backbones import MIDDLE_LAYER
+from keras_ffl.backbones.base import MIDDLE_LAYER
 from keras_ffl.layers.fusion import FusionModule
-from keras_ffl.losses import cross_entropy, distillation_kl, mean_peer_kl
+from keras_ffl.losses import as_float, cross_entropy, distillation_kl, mean_peer_kl
 from keras_ffl.methods.base import OnlineDistiller
 
 FUSION_LAYERS = ("middle", "last")
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class FFCL(OnlineDistiller):
     independent_only = True
 
     def __init__(
         self,
         branches,
-        num_classes,
+        num_classes=None,
         trunk=None,
         feature_knowledge=True,
         response_knowledge=True,
@@ -82,7 +82,7 @@ class FFCL(OnlineDistiller):
                 ]
             channels = [self.fused_input(b).shape[-1] for b in self.branches]
             self.fusion_channels = int(fusion_channels or min(channels))
-            self.fusion = FusionModule(num_classes, self.fusion_channels, sync_bn=sync_bn, name="fusion")
+            self.fusion = FusionModule(self.num_classes, self.fusion_channels, sync_bn=sync_bn, name="fusion")
         if self.regularization_knowledge:
             # Fresh copies of each architecture; ``load_pretrained`` fills them, and the run's
             # own weights file carries them afterwards.
@@ -118,7 +118,7 @@ class FFCL(OnlineDistiller):
         if self.regularization_knowledge:
             for k, net in enumerate(self.pretrained):
                 # Inference mode always: the frozen copy keeps its own BN statistics.
-                teachers[f"pretrained{k}"] = ops.cast(net(outputs["images"], training=False)[0], "float32")
+                teachers[f"pretrained{k}"] = as_float(net(outputs["images"], training=False)[0])
         return teachers
 
     def compute_losses(self, outputs, labels):
@@ -140,6 +140,12 @@ class FFCL(OnlineDistiller):
         if not self.feature_knowledge:
             return super().weight_decay_groups()
         return self.decay_apart(self.fusion, self.fusion_weight_decay)
+
+    def standalone_part(self, name):
+        if name.startswith("pretrained"):
+            inputs = keras.Input(shape=self.image_shape, name="images")
+            return keras.Model(inputs, self.pretrained[int(name[len("pretrained"):])](inputs)[0], name=name)
+        return None
 
     def load_pretrained(self, networks):
         """Copies the weights of trained networks (one per peer, same architectures) into
@@ -165,27 +171,3 @@ class FFCL(OnlineDistiller):
             "sync_bn": self.sync_bn,
         }
 
-
-def ffcl_options(config):
-    from keras_ffl.build import use_sync_bn
-
-    return dict(
-        feature_knowledge=config.feature_knowledge,
-        response_knowledge=config.response_knowledge,
-        regularization_knowledge=config.regularization_knowledge,
-        fusion_layer=config.fusion_layer,
-        fusion_channels=config.fusion_channels or None,
-        fusion_weight_decay=config.fusion_weight_decay,
-        ensemble_kd=config.ensemble_kd,
-        sync_bn=use_sync_bn(config),
-    )
-
-
-def ffcl_warm_start(model, config):
-    """Before training: the frozen NRK teachers get the pre-trained run's networks."""
-    if not model.regularization_knowledge:
-        return
-    from keras_ffl.build import load_run
-
-    pretrained, _ = load_run(config.pretrained_dir)
-    model.load_pretrained(pretrained.branches)

@@ -11,18 +11,21 @@ Ablations (paper Table II): ``fusion="average"`` (case B), ``ensemble_kd=False``
 (case C), and both KD terms off (case D).
 """
 
+import keras
+
 from keras_ffl.layers.fusion import FusionModule
 from keras_ffl.losses import cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
 
 
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class FFL(OnlineDistiller):
     teacher_names = ("fused",)
 
     def __init__(
         self,
         branches,
-        num_classes,
+        num_classes=None,
         trunk=None,
         fusion_channels=None,
         fusion="module",
@@ -40,7 +43,7 @@ class FFL(OnlineDistiller):
         self.fusion_mode = fusion
         self.fusion_weight_decay = float(fusion_weight_decay)
         self.sync_bn = sync_bn
-        self.fusion = FusionModule(num_classes, self.fusion_channels, mode=fusion, sync_bn=sync_bn, name="fusion")
+        self.fusion = FusionModule(self.num_classes, self.fusion_channels, mode=fusion, sync_bn=sync_bn, name="fusion")
 
     def loss_term_names(self):
         names = [f"ce_net{k}" for k in range(len(self.branches))] + ["ce_fused"]
@@ -82,17 +85,3 @@ class FFL(OnlineDistiller):
             "fusion_kd": self.fusion_kd,
             "sync_bn": self.sync_bn,
         }
-
-
-def ffl_options(config):
-    """FFL's keyword arguments from a ``Config``."""
-    from keras_ffl.build import use_sync_bn
-
-    return dict(
-        fusion_channels=config.fusion_channels or None,
-        fusion=config.fusion,
-        fusion_weight_decay=config.fusion_weight_decay,
-        ensemble_kd=config.ensemble_kd,
-        fusion_kd=config.fusion_kd,
-        sync_bn=use_sync_bn(config),
-    )

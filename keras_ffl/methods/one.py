@@ -9,50 +9,29 @@ teacher ("ONE-E"):
 """
 
 import keras
-from keras import layers, ops
+from keras import ops
 
-from keras_ffl.backbones.base import batch_norm
-from keras_ffl.losses import cross_entropy, distillation_kl
+from keras_ffl.layers.gate import Gate
+from keras_ffl.losses import as_float, cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
 
 
-class Gate(layers.Layer):
-    """pool -> dense(K) -> BN -> ReLU -> softmax over branches."""
-
-    def __init__(self, num_branches, sync_bn=False, **kwargs):
-        super().__init__(**kwargs)
-        self.num_branches, self.sync_bn = num_branches, sync_bn
-        self.dense = layers.Dense(
-            num_branches,
-            kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
-            name="dense",
-        )
-        self.bn = batch_norm("bn", sync_bn)
-
-    def call(self, trunk_features, training=False):
-        pooled = ops.mean(trunk_features, axis=(1, 2))
-        return ops.softmax(ops.relu(self.bn(self.dense(pooled), training=training)), axis=-1)
-
-    def get_config(self):
-        return {**super().get_config(), "num_branches": self.num_branches, "sync_bn": self.sync_bn}
-
-
+@keras.saving.register_keras_serializable(package="keras_ffl")
 class ONE(OnlineDistiller):
     teacher_names = ("teacher",)
+    needs_trunk = True
 
-    def __init__(self, branches, num_classes, trunk=None, sync_bn=False, **kwargs):
-        if trunk is None:
-            raise ValueError("ONE needs a shared trunk with branches of one architecture")
+    def __init__(self, branches, num_classes=None, trunk=None, sync_bn=False, **kwargs):
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.sync_bn = sync_bn
-        self.gate = Gate(len(branches), sync_bn=sync_bn, name="gate")
+        self.gate = Gate(len(self.branches), sync_bn=sync_bn, name="gate")
 
     def loss_term_names(self):
         k = range(len(self.branches))
         return [f"ce_net{i}" for i in k] + ["ce_teacher"] + [f"kd_net{i}" for i in k]
 
     def build_teachers(self, outputs, training):
-        weights = ops.cast(self.gate(outputs["shared"], training=training), "float32")  # [B, K]
+        weights = as_float(self.gate(outputs["shared"], training=training))  # [B, K]
         stacked = ops.stack(outputs["logits"], axis=1)  # [B, K, C]
         return {"teacher": ops.sum(weights[:, :, None] * stacked, axis=1)}
 
@@ -66,9 +45,3 @@ class ONE(OnlineDistiller):
 
     def get_config(self):
         return {**super().get_config(), "sync_bn": self.sync_bn}
-
-
-def one_options(config):
-    from keras_ffl.build import use_sync_bn
-
-    return dict(sync_bn=use_sync_bn(config))

@@ -1,0 +1,87 @@
+"""TensorFlow Datasets: CIFAR (when no python archive is given), imagenet2012 and the other
+tfds sets.  Needs TensorFlow; imported only when such a dataset is used."""
+
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from keras_ffl import specs
+from keras_ffl.errors import DataError
+
+
+def tfds_split(name, split, data_dir, download, manual_dir=""):
+    """A tfds split as ``(image, label)``, or ``(JPEG bytes, label, file name)`` for datasets
+    whose images are decoded by the pipeline (ImageNet)."""
+    import tensorflow_datasets as tfds
+
+    spec = specs.DATASETS[name]
+    kwargs = {}
+    if manual_dir:
+        kwargs["download_and_prepare_kwargs"] = {
+            "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
+        }
+    kwargs.update(split=split, data_dir=data_dir or None, download=download, shuffle_files=False)
+    try:
+        if spec.encoded_images:
+            ds = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
+            return ds.map(lambda ex: (ex["image"], ex["label"], ex["file_name"]))
+        return tfds.load(name, as_supervised=True, **kwargs)
+    except Exception as e:  # tfds raises many types (AssertionError, DatasetNotFoundError, IOError...)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = "" if download else " (prepare it with tfds, or pass --download)"
+        if spec.encoded_images and not manual_dir:
+            hint += "; ImageNet needs the ILSVRC2012 tars in --manual_dir"
+        raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}{hint}") from None
+
+
+def tfds_record_files(name, data_dir):
+    """The prepared record files of every split of a tfds dataset ([] when unknown)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name, data_dir=data_dir or None)
+        return [str(p) for split in builder.info.splits.values() for p in split.filepaths]
+    except Exception:  # noqa: BLE001 - only a diagnosis: no files means no file is named
+        return []
+
+
+def find_corrupt_tfrecord(paths):
+    """Reads each TFRecord file through; the first that fails its checksum, as
+    "corrupt TFRecord <file> (corrupted record at <byte offset>)", or None."""
+    for path in paths:
+        try:
+            tf.data.TFRecordDataset(path).reduce(0, lambda count, _: count + 1)
+        except tf.errors.DataLossError as e:
+            offset = re.search(r"corrupted record at \d+", str(e.message))
+            return f"corrupt TFRecord {path} ({offset[0] if offset else 'unreadable'})"
+    return None
+
+
+
+
+def tfds_arrays(dataset, split, data_dir, download, num_examples, manual_dir=""):
+    """A small tfds split read into memory: ``(uint8 images, int64 labels)``."""
+    ds = tfds_split(dataset, split, data_dir, download, manual_dir)
+    if num_examples:
+        ds = ds.take(num_examples)
+    images, labels = [], []
+    for image_batch, label_batch in ds.batch(4096).as_numpy_iterator():
+        images.append(image_batch)
+        labels.append(label_batch.astype(np.int64))
+    if not images:
+        raise DataError(f"tfds dataset '{dataset}' split '{split}' is empty")
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def streamed_split(dataset, split, data_dir, download, num_examples, manual_dir=""):
+    """A large tfds split as a stream of ``(JPEG bytes, label, record name)`` and its size."""
+    spec = specs.DATASETS[dataset]
+    ds = tfds_split(dataset, spec.test_split if split == "test" else split, data_dir, download, manual_dir)
+    size = spec.train_size if split == "train" else spec.test_size
+    cardinality = int(ds.cardinality())
+    if cardinality > 0:
+        size = cardinality
+    if num_examples:
+        ds, size = ds.take(num_examples), min(num_examples, size)
+    return ds.map(lambda x, y, *name: (x, tf.cast(y, tf.int64), *name)), size

@@ -1,0 +1,130 @@
+"""The JAX engine: a stateless training step that Keras's JAX trainer jits.
+
+The trainer passes ``state = (trainable, non_trainable, optimizer, metrics)`` values and
+keeps what the step returns; nothing is assigned to a variable inside the step.  For each
+phase of the method's plan, the forward pass runs once under ``jax.vjp`` with every model
+and optimiser variable mapped in a ``keras.StatelessScope`` (BatchNorm statistics come out
+of the scope), and each declared loss is pulled back on its own from that one pass.  Each
+update then runs its optimiser's ``stateless_apply`` on the values of its variables.
+
+Every optimiser's state lives in ``model.optimizer.variables``, the only optimiser state
+the trainer carries (through jit, donation, ``keras.distribution`` shardings, syncing back
+and checkpoints): a method with several optimisers compiles an ``OptimizerGroup`` whose
+``variables`` are its own plus every member's.  Under ``keras.distribution.DataParallel`` the
+batch is sharded and every mean is over the global batch, so nothing here depends on the
+number of devices.
+"""
+
+import jax
+import jax.numpy as jnp
+import keras
+from keras import ops
+
+from keras_ffl.engines import applications, gradient_loss, unpack
+from keras_ffl.optimizers import OptimizerGroup
+
+
+def iteration_variable(optimizer):
+    inner = getattr(optimizer, "inner_optimizer", None)
+    return (inner or optimizer)._iterations
+
+
+def forward_losses(model, inputs, labels, pairs, variables, values, training=True):
+    """Runs the forward pass with ``variables`` mapped to ``values`` and returns the declared
+    losses (one per ``(update, gradient)`` pair), the non-trainable values after the pass, the
+    outputs and the terms."""
+    with keras.StatelessScope(state_mapping=list(zip(variables, values))) as scope:
+        outputs = model.forward(inputs, training=training)
+        terms = model.compute_losses(outputs, labels)
+        model.check_terms(terms)
+        losses = [
+            model.optimizer_for(update.optimizer).scale_loss(gradient_loss(model, gradient, terms, ops.mean))
+            for update, gradient in pairs
+        ]
+    non_trainable = [scope.get_current_value(v) for v in model.non_trainable_variables]
+    return losses, non_trainable, outputs, terms
+
+
+def apply_update(optimizer, grads, variables, trainable, optimizer_values, t_index, o_index):
+    """Steps ``optimizer`` statelessly on ``variables``; writes the new values into the
+    ``trainable`` and ``optimizer_values`` lists (indexed by ``t_index``/``o_index``)."""
+    own = optimizer.variables
+    own_values = [optimizer_values[o_index[id(v)]] for v in own]
+    built = optimizer._trainable_variables
+    by_id = dict(zip(map(id, variables), grads))
+    if set(by_id) == {id(v) for v in built}:
+        new_trainable, new_own = optimizer.stateless_apply(
+            own_values, [by_id[id(v)] for v in built], [trainable[t_index[id(v)]] for v in built])
+        stepped = built
+    else:
+        # A subset of what the optimiser was built on (DML's sequential update): map all it
+        # knows, apply to the subset.
+        if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError("mixed_float16 loss scaling cannot step part of an optimiser's variables on JAX "
+                             "(DML's sequential update): use float32 or mixed_bfloat16")
+        mapping = [(v, trainable[t_index[id(v)]]) for v in built] + list(zip(own, own_values))
+        with keras.StatelessScope(state_mapping=mapping) as scope:
+            optimizer.apply(grads, variables)
+        new_trainable = [scope.get_current_value(v) for v in variables]
+        new_own = [scope.get_current_value(v) for v in own]
+        stepped = variables
+    for v, value in zip(stepped, new_trainable):
+        trainable[t_index[id(v)]] = value
+    for v, value in zip(own, new_own):
+        optimizer_values[o_index[id(v)]] = value
+
+
+def train_step(model, state, data):
+    trainable, non_trainable, optimizer_values, metrics_values = (list(s) for s in state)
+    inputs, labels = unpack(data)
+    t_vars, nt_vars, o_vars = model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
+    t_index = {id(v): i for i, v in enumerate(t_vars)}
+    o_index = {id(v): i for i, v in enumerate(o_vars)}
+    applied = set()
+    for phase in model.update_plan():
+        pairs = [(update, gradient) for update in phase for gradient in update.gradients]
+
+        def forward(values, non_trainable=non_trainable, optimizer_values=optimizer_values, pairs=pairs):
+            mapped = list(t_vars) + list(nt_vars) + list(o_vars)
+            losses, new_non_trainable, outputs, terms = forward_losses(
+                model, inputs, labels, pairs, mapped, list(values) + non_trainable + optimizer_values)
+            return losses, (new_non_trainable, outputs, terms)
+
+        losses, pull_back, (non_trainable, outputs, terms) = jax.vjp(forward, trainable, has_aux=True)
+        zeros = [jnp.zeros_like(loss) for loss in losses]
+        grads = []
+        for i, (_, gradient) in enumerate(pairs):
+            (all_grads,) = pull_back(zeros[:i] + [jnp.ones_like(losses[i])] + zeros[i + 1:])
+            grads.append([all_grads[t_index[id(v)]] for v in gradient.variables])
+        for update, update_grads, variables in applications(phase, grads):
+            optimizer = model.optimizer_for(update.optimizer)
+            if id(optimizer) in applied:  # one schedule step per mini-batch
+                position = o_index[id(iteration_variable(optimizer))]
+                optimizer_values[position] = optimizer_values[position] - 1
+            apply_update(optimizer, update_grads, variables, trainable, optimizer_values, t_index, o_index)
+            applied.add(id(optimizer))
+    if isinstance(model.optimizer, OptimizerGroup):
+        position = o_index[id(model.optimizer._iterations)]
+        optimizer_values[position] = optimizer_values[position] + 1
+    logs, metrics_values = report(model, outputs, labels, terms, non_trainable, metrics_values)
+    return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+
+def test_step(model, state, data):
+    trainable, non_trainable, metrics_values = state
+    inputs, labels = unpack(data)
+    mapping = list(zip(model.trainable_variables, trainable)) + list(zip(model.non_trainable_variables, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping):
+        outputs = model.forward(inputs, training=False)
+        terms = model.compute_losses(outputs, labels)
+    logs, metrics_values = report(model, outputs, labels, terms, non_trainable, metrics_values)
+    return logs, (trainable, non_trainable, metrics_values)
+
+
+def report(model, outputs, labels, terms, non_trainable, metrics_values):
+    """Updates the metric trackers statelessly (the ramp-up reads the epoch variable)."""
+    metric_vars = model.metrics_variables
+    mapping = list(zip(metric_vars, metrics_values)) + list(zip(model.non_trainable_variables, non_trainable))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
+        logs = model.update_metrics(outputs, labels, terms)
+    return logs, [scope.get_current_value(v) for v in metric_vars]

@@ -1,0 +1,126 @@
+"""The JAX engine against the TensorFlow engine, and the JAX-only checks.
+
+One step of every method on JAX equals the same step on TensorFlow from the same initial
+weights and optimiser state (loaded from one backend-neutral ``.weights.h5``): logged losses,
+every weight (BN statistics included) and every optimiser variable (AFD's Adam included),
+within the float32 noise of that step, measured here by the step in float64 and on the
+batch in reverse order (``helpers.float32_tolerances``).  The same step on two JAX devices
+(``keras.distribution.DataParallel`` over ``--xla_force_host_platform_device_count=2``)
+equals the one-device step within the same noise.
+
+The checks that must run inside a JAX process (``tests/jax_backend/``) run in a subprocess
+with ``KERAS_BACKEND=jax``: a Keras process has one backend.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+from helpers import assert_within_float32_noise, kl_scales, random_batch, tiny_config
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: Every method, with its paths that differ (trunk or not, mixed architectures, K = 3,
+#: sequential updates, two optimisers); the ramp-up at epoch 40 of 80.
+CASES = {
+    "ffl-shared": dict(method="ffl"),
+    "ffl-resnet-wrn": dict(method="ffl", backbones=("resnet8", "wrn10_1"), fusion_channels=32),
+    "dml": dict(method="dml", backbones=("resnet8", "wrn10_1")),
+    "dml-sequential": dict(method="dml", dml_update="sequential"),
+    "one-3": dict(method="one", num_branches=3),
+    "vanilla": dict(method="vanilla"),
+    "afd": dict(method="afd", backbones=("resnet8", "wrn10_2"), feature_lr=1e-6),
+    "ffcl": dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0, regularization_knowledge=False),
+}
+EPOCH = 40
+
+
+def jax_env(devices=1):
+    env = dict(os.environ, KERAS_BACKEND="jax", PYTHONPATH=REPO)
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    return env
+
+
+def run_backend_steps(cases, backend):
+    path = cases[0]["output"] + ".cases.json"
+    with open(path, "w") as f:
+        json.dump(cases, f)
+    env = jax_env(devices=2) if backend == "jax" else dict(os.environ, KERAS_BACKEND=backend, PYTHONPATH=REPO)
+    result = subprocess.run([sys.executable, os.path.join(HERE, "backend_step.py"), path], env=env,
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def steps(tmp_path_factory):
+    """For every case: the initial state file, then the step's results on TensorFlow in
+    float32, float32 on the reversed batch, float64, and on JAX in float32."""
+    import keras
+
+    from keras_ffl.build import build_model, compile_model
+
+    folder = tmp_path_factory.mktemp("backends")
+    x, y = random_batch(8, seed=11)
+    np.savez(folder / "batch.npz", x=x, y=y)
+    np.savez(folder / "reversed.npz", x=x[::-1], y=y[::-1])
+    runs = {"tf32": [], "tf32-reversed": [], "tf64": [], "jax32": [], "jax32-2devices": []}
+    for name, overrides in CASES.items():
+        overrides = dict(lr=0.1, momentum=0.9, rampup_epochs=80, **overrides)
+        keras.utils.set_random_seed(0)
+        config = tiny_config(**overrides)
+        model = build_model(config, 10, x.shape[1:])
+        compile_model(model, config, 4)
+        weights = str(folder / f"{name}.weights.h5")
+        model.save_weights(weights)
+        keras.backend.clear_session()
+        case = dict(overrides=overrides, weights=weights, epoch=EPOCH)
+        for run, batch, dtype in (("tf32", "batch", "float32"), ("tf32-reversed", "reversed", "float32"),
+                                  ("tf64", "batch", "float64"), ("jax32", "batch", "float32"),
+                                  ("jax32-2devices", "batch", "float32")):
+            runs[run].append(dict(case, batch=str(folder / f"{batch}.npz"), dtype=dtype,
+                                  output=str(folder / f"{name}-{run}.npz"),
+                                  data_parallel=2 if run.endswith("2devices") else 0))
+    from backend_step import run_case
+
+    for run in ("tf32", "tf32-reversed", "tf64"):
+        for case in runs[run]:
+            run_case(case)
+            keras.backend.clear_session()
+    run_backend_steps(runs["jax32"] + runs["jax32-2devices"], "jax")
+    return {name: {run: dict(np.load(runs[run][i]["output"])) for run in runs} for i, name in enumerate(CASES)}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_step_on_jax_equals_the_tensorflow_step(steps, case):
+    results = steps[case]
+    tf32, reversed_tf32, tf64, jax32 = (results[r] for r in ("tf32", "tf32-reversed", "tf64", "jax32"))
+    assert any(k.startswith("optimizer variable") for k in tf32)
+    temperature = CASES[case].get("temperature", 3.0)
+    assert_within_float32_noise(jax32, tf32, [tf32, reversed_tf32], tf64, what=f"{case} JAX vs TensorFlow",
+                                scales=kl_scales(tf32, temperature, 10))
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_one_step_on_two_jax_devices_equals_the_one_device_step(steps, case):
+    results = steps[case]
+    assert_within_float32_noise(results["jax32-2devices"], results["jax32"],
+                                [results["jax32"], results["tf32"], results["tf32-reversed"]], results["tf64"],
+                                what=f"{case} 2 vs 1 JAX devices",
+                                scales=kl_scales(results["tf32"], CASES[case].get("temperature", 3.0), 10))
+
+
+def test_jax_losses_and_optimisers():
+    jax_suite("test_jax_methods.py")
+
+
+def jax_suite(name, devices=1):
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                             os.path.join(HERE, "jax_backend", name)], env=jax_env(devices), cwd=REPO,
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
