@@ -527,8 +527,11 @@ def parse_argv(argv, define=define_flags):
         if program.endswith(".py"):
             program = f"python -m keras_ffl.{program[:-3]}"
         raise HelpRequested(f"usage: {program} [--flagfile=FILE] [--flag=value ...]\n\n{flag_values.get_help()}")
+    from keras_ffl.paths import expand_flagfiles
+
+    argv = list(argv[:1]) + expand_flagfiles(argv[1:])
     try:
-        flag_values(list(argv))
+        flag_values(argv)
     except flags.Error as e:
         raise ConfigError(str(e).splitlines()[0]) from None
     return flag_values

@@ -77,10 +77,10 @@ def check_request(name, model_dir, formats, output_dir, overwrite):
 def parity_images(config, count, data_dir=""):
     """The first ``count`` test images of the model's dataset, as float32 pixels."""
     from keras_ffl.config import check_data_dir
-    from keras_ffl.data import test_pixels
+    from keras_ffl.data import raw_test_images
 
     check_data_dir(config.dataset, data_dir or config.resolved_data_dir)
-    return test_pixels(config, count, data_dir)
+    return raw_test_images(config, count, data_dir)
 
 
 def export_saved_model(keras_model, path, images):

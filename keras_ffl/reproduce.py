@@ -57,7 +57,7 @@ def run_configs(suite, methods, seeds, output_dir, extra=()):
     for method in methods:
         flagfile, method_flags = spec["methods"][method]
         for seed in seeds:
-            argv = ["reproduce", f"--flagfile={os.path.join(REPO, flagfile)}", *spec["budget"], *method_flags,
+            argv = ["reproduce", f"--flagfile={flagfile}", *spec["budget"], *method_flags,
                     *extra, f"--seed={seed}", f"--model_dir={os.path.join(output_dir, 'runs', f'{method}_seed{seed}')}"]
             configs[(method, seed)] = config_from_flags(parse_argv(argv)).validated()
     return configs

@@ -27,8 +27,9 @@ from absl import flags
 from keras_ffl.cli import run_main
 from keras_ffl.config import Config, ConfigError, atomic_write_text, parse_argv, parse_command
 
-REPO_ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo")
-DEFAULT_MANIFEST = os.path.join(REPO_ZOO, "manifest.json")
+from keras_ffl.paths import zoo_dir
+
+DEFAULT_MANIFEST = os.path.join(zoo_dir(), "manifest.json")
 ENV_BASE_URL = "KERAS_FFL_ZOO_URL"
 ENV_CACHE = "KERAS_FFL_CACHE"
 MANIFEST_FORMAT = 1

@@ -1,5 +1,16 @@
 """Backbones by name: ``resnet{6n+2}`` (CIFAR ResNet), ``resnet18``/``resnet34`` (four-stage
-ResNet) and ``wrn{6n+4}_{k}`` (Wide ResNet)."""
+ResNet) and ``wrn{6n+4}_{k}`` (Wide ResNet).
+
+A backbone knows nothing of distillation.  For a method it gives either whole networks
+(independent sub-networks) or a shared trunk and duplicable heads::
+
+    from keras_ffl import backbones
+
+    nets = [backbones.build_network("resnet32", (32, 32, 3), 100, name=f"net{k}") for k in range(2)]
+    trunk, heads = backbones.build_branches("resnet32", (32, 32, 3), 100, num_branches=3)
+
+Every network is a functional ``keras.Model`` from images to ``[logits, last feature map]``.
+"""
 
 from keras_ffl.backbones.base import Backbone
 from keras_ffl.backbones.base import MIDDLE_LAYER
@@ -19,4 +30,20 @@ def get_backbone(name, sync_bn=False):
     return WideResNet(spec.depth, spec.width, sync_bn=sync_bn)
 
 
-__all__ = ["Backbone", "CifarResNet", "ResNet", "WideResNet", "MIDDLE_LAYER", "get_backbone"]
+def build_network(backbone, input_shape, num_classes, name=None, sync_bn=False):
+    """A whole network called ``name`` (default: the backbone's name): images -> [logits, feature map]."""
+    spec = get_backbone(backbone, sync_bn=sync_bn)
+    return spec.build_network(tuple(input_shape), num_classes, name=name or spec.name)
+
+
+def build_branches(backbone, input_shape, num_classes, num_branches=2, sync_bn=False):
+    """``(trunk, [head_0, ...])``: the shared lower stages and one copy of the upper stages and
+    classifier per branch (named ``net0``, ``net1``...), as FFL and ONE split a network."""
+    spec = get_backbone(backbone, sync_bn=sync_bn)
+    trunk = spec.build_trunk(tuple(input_shape), name="trunk")
+    shape = tuple(trunk.output.shape[1:])
+    return trunk, [spec.build_head(shape, num_classes, name=f"net{k}") for k in range(num_branches)]
+
+
+__all__ = ["Backbone", "CifarResNet", "ResNet", "WideResNet", "MIDDLE_LAYER", "build_branches", "build_network",
+           "get_backbone"]

@@ -162,7 +162,27 @@ def streamed_data(config, splits, mean, std):
     return Data(train_from, test, spec.num_classes, spec.image_shape, train_size, test_size, steps, mean, std)
 
 
-def test_pixels(config, count, data_dir=""):
+def load_arrays(dataset, split="train", data_dir=""):
+    """One split of an in-memory dataset as NumPy arrays: ``(uint8 images [N, H, W, C], int64
+    labels [N])``.  ``fashion_mnist`` reads Debian's files (``apt-get install
+    dataset-fashion-mnist``) unless ``data_dir`` says where; ``cifar10``/``cifar100`` the
+    python-version archive in ``data_dir``."""
+    from keras_ffl import specs
+    from keras_ffl.data import sources
+
+    if dataset not in specs.DATASETS or specs.DATASETS[dataset].shuffle_window:
+        raise ValueError(f"load_arrays reads {', '.join(d for d, s in specs.DATASETS.items() if not s.shuffle_window)}, "
+                         f"not '{dataset}'")
+    folder = data_dir or specs.DATASETS[dataset].default_data_dir
+    return sources.load_arrays(dataset, split, folder, seed=0, num_examples=0)
+
+
+def standardize(images, dataset):
+    """uint8 images -> float32 standardised with the dataset's statistics (what training sees)."""
+    return augment.normalize(images, *NORMALIZATION[dataset])
+
+
+def raw_test_images(config, count, data_dir=""):
     """The first ``count`` test images as float32 pixels in [0, 255] (what an exported model
     takes), and their labels."""
     import numpy as np
@@ -194,4 +214,5 @@ def corrupt_records_named(config):
         yield
 
 
-__all__ = ["Data", "DataError", "EpochBatches", "corrupt_records_named", "load_data", "NORMALIZATION"]
+__all__ = ["Data", "DataError", "EpochBatches", "corrupt_records_named", "load_arrays", "load_data", "NORMALIZATION",
+           "standardize"]

@@ -264,7 +264,12 @@ class OnlineDistiller(keras.Model):
         inputs = keras.Input(shape=self.image_shape, name="images")
         x = self.trunk(inputs) if self.trunk is not None else inputs
         logits = self.branches[index](x)[0]
-        return keras.Model(inputs, logits, name=f"net{index}")
+        return self.standalone(keras.Model(inputs, logits, name=f"net{index}"))
+
+    def standalone(self, model):
+        """A part model, called once so that Keras's ``export`` takes it as it is."""
+        model(self.example_inputs(1))
+        return model
 
     def part(self, name):
         """Any part in ``part_names`` as a standalone model, images -> logits: ``net{k}`` holds
@@ -276,9 +281,9 @@ class OnlineDistiller(keras.Model):
             return self.subnetwork(int(digits))
         own = self.standalone_part(name)
         if own is not None:
-            return own
+            return self.standalone(own)
         inputs = keras.Input(shape=self.image_shape, name="images")
-        return keras.Model(inputs, self(inputs)[name], name=name)
+        return self.standalone(keras.Model(inputs, self(inputs)[name], name=name))
 
     def standalone_part(self, name):
         """A method's own smaller model for one of its parts (FFCL's frozen copies), or None."""

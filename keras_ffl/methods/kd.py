@@ -25,6 +25,8 @@ class OfflineKD(OnlineDistiller):
             raise ValueError("offline KD needs a trained teacher model (images -> logits)")
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         teacher.trainable = False
+        for layer in teacher.layers:  # a deserialized functional model does not pass it on itself
+            layer.trainable = False
         self.teacher = teacher
 
     def loss_term_names(self):

@@ -1,0 +1,37 @@
+"""Every Python code block in README.md and BUILD.md runs as written, each in a fresh process in
+an empty directory, so the documentation cannot drift from the library."""
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from conftest import REPO
+
+DOCUMENTS = ("README.md", "BUILD.md")
+
+
+def python_blocks():
+    blocks = []
+    for document in DOCUMENTS:
+        text = open(os.path.join(REPO, document)).read()
+        for match in re.finditer(r"^([ \t]*)```python\n(.*?)^\1```", text, flags=re.M | re.S):
+            line = text[:match.start()].count("\n") + 1
+            blocks.append(pytest.param(textwrap.dedent(match.group(2)), id=f"{document}:{line}"))
+    return blocks
+
+
+def test_the_documents_have_python_blocks():
+    assert len(python_blocks()) >= 3
+
+
+@pytest.mark.parametrize("code", python_blocks())
+def test_python_block_runs(code, tmp_path, fashion_mnist_dir):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env.update(PYTHONPATH=REPO, KERAS_FFL_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
