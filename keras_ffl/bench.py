@@ -3,6 +3,7 @@ that say where the time goes.
 
     python -m keras_ffl.bench --method=ffl --backbones=resnet32 --num_branches=2 --batch_size=128
     python -m keras_ffl.bench --suite                     # every method on ResNet-32-sized nets
+    python -m keras_ffl.bench --suite --backend=tensorflow,jax
 
 Each configuration runs in its own Python process (so ``peak_rss_mb`` is its own) on
 synthetic CIFAR-shaped data fed by the same tf.data pipeline as training, and reports:
@@ -58,20 +59,22 @@ def define_flags(flag_values):
     flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Precision policy.",
                       flag_values=flag_values)
     flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on a GPU).", flag_values=flag_values)
+    flags.DEFINE_list("backend", [], "Keras backend(s) to time, e.g. tensorflow,jax (default: $KERAS_BACKEND, else "
+                      "tensorflow).", flag_values=flag_values)
     flags.DEFINE_string("output", "", "Also write the JSON lines to this file.", flag_values=flag_values)
     flags.DEFINE_string("child", "", "(internal) one configuration as JSON, measured in this process.",
                         flag_values=flag_values)
 
 
 def bench_config(method, backbones, num_branches, batch_size, steps, topology="auto", mixed_precision="none",
-                 jit_compile="auto"):
+                 jit_compile="auto", backend=""):
     """A validated Config on synthetic CIFAR-shaped data, sized for ``steps`` steps an epoch."""
     return Config(
         method=method, backbones=tuple(backbones), num_branches=num_branches, topology=topology,
         dataset="synthetic", train_examples=batch_size * steps, test_examples=batch_size,
         batch_size=batch_size, eval_batch_size=batch_size, epochs=1, lr_milestones=(), rampup_epochs=0,
         mixed_precision=mixed_precision, jit_compile=jit_compile, verbose=0, validation_freq=0,
-        model_dir=os.devnull,
+        model_dir=os.devnull, backend=backend,
     ).validated(check_data=False)
 
 
@@ -79,7 +82,7 @@ def ce_only_config(config):
     """The same networks, sharing the same trunk, trained with cross-entropy alone."""
     return bench_config("vanilla", config.backbones, config.num_branches, config.batch_size,
                         max(config.train_examples // config.batch_size, 1), config.topology,
-                        config.mixed_precision, config.jit_compile)
+                        config.mixed_precision, config.jit_compile, config.backend)
 
 
 def build_for_timing(config):
@@ -96,16 +99,21 @@ def fit_epoch(model, data, config):
     from keras_ffl.callbacks import EpochVariable, Throughput
 
     throughput = Throughput(config.batch_size, warmup_steps=1)  # the function is compiled in round 0
-    model.fit(data.train.repeat(), epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0,
+    model.fit(data.train, epochs=1, steps_per_epoch=data.steps_per_epoch, verbose=0,
               callbacks=[EpochVariable(), throughput])
     return throughput.history[-1]
 
 
 def raw_step_timer(model, data):
-    """The model's own train_step in a bare tf.function on one resident batch."""
-    import tensorflow as tf
+    """The model's own train_step, compiled bare (a tf.function, or jax.jit of the stateless
+    step), on one resident batch."""
+    import keras
 
     batch = next(iter(data.train))
+    if keras.backend.backend() == "jax":
+        return jax_raw_step_timer(model, batch)
+    import tensorflow as tf
+
     step = tf.function(model.train_step, jit_compile=bool(model.jit_compile))
 
     def run(steps):
@@ -118,20 +126,51 @@ def raw_step_timer(model, data):
     return run
 
 
+def jax_raw_step_timer(model, batch):
+    import jax
+
+    # Copies: the step donates its state, and the model's own values must survive for fit.
+    state = [[jax.numpy.array(v.value, copy=True) for v in variables]
+             for variables in (model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
+                               model.metrics_variables)]
+    step = jax.jit(model.train_step, donate_argnums=0)
+    batch = jax.tree_util.tree_map(jax.numpy.asarray, tuple(batch))
+
+    def run(steps):
+        nonlocal state
+        start = time.perf_counter()
+        for _ in range(steps):
+            logs, state = step(state, batch)
+        jax.block_until_ready(logs["loss"])
+        return steps * int(batch[0].shape[0]) / (time.perf_counter() - start)
+
+    return run
+
+
 def median(values):
     ordered = sorted(values)
     return ordered[len(ordered) // 2]
 
 
 def time_pipeline(data, batches):
+    import itertools
+
     start = time.perf_counter()
     count = 0
-    for images, _ in data.train.repeat().take(batches):
+    for images, _ in itertools.islice(iter(data.train), batches):
         count += int(images.shape[0])
     return count / (time.perf_counter() - start)
 
 
 def device_name():
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return f"CPU ({os.cpu_count()} cores)" if device.platform == "cpu" else \
+            f"{jax.device_count()} x {device.device_kind}"
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -189,6 +228,7 @@ def measure(config, epochs, reference=True):
     result.update({
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": device_name(),
+        "backend": keras.backend.backend(),
         "mixed_precision": config.mixed_precision,
         "jit_compile": config.jit_compile,
     })
@@ -198,8 +238,9 @@ def measure(config, epochs, reference=True):
 def run_child(config, epochs, reference):
     """Measures one configuration in a fresh interpreter; returns its result dict."""
     payload = json.dumps({"config": config.to_dict(), "epochs": epochs, "reference": reference})
+    env = dict(os.environ, KERAS_BACKEND=config.backend)
     proc = subprocess.run([sys.executable, "-m", "keras_ffl.bench", f"--child={payload}"], capture_output=True,
-                          text=True)
+                          text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -208,7 +249,8 @@ def run_child(config, epochs, reference):
 
 
 def format_table(results):
-    columns = [("method", "method"), ("backbones", "networks"), ("topology", "topology"), ("batch_size", "batch"),
+    columns = [("backend", "backend"), ("method", "method"), ("backbones", "networks"), ("topology", "topology"),
+               ("batch_size", "batch"),
                ("images_per_sec", "img/s (fit)"), ("step_ms", "step ms"), ("raw_images_per_sec", "raw img/s"),
                ("fit_vs_raw", "fit/raw"), ("ce_only_images_per_sec", "CE-only img/s"),
                ("overhead_vs_ce", "overhead vs CE"), ("pipeline_vs_step", "pipeline/step"),
@@ -233,17 +275,24 @@ def main(argv=None):
     def body():
         fv = parse_argv(argv, define=define_flags)
         if fv.child:
+            from keras_ffl.backend import import_quietly
+
             request = json.loads(fv.child)
             config = Config.from_dict(request["config"]).validated(check_data=False)
+            import_quietly(config.backend)
             print(json.dumps(measure(config, request["epochs"], request["reference"])), flush=True)
             return 0
         if fv.batch_size <= 0 or fv.steps <= 0 or fv.epochs < 2:
             raise ConfigError("--batch_size and --steps must be positive and --epochs >= 2 (one is warm-up)")
+        from keras_ffl.backend import resolve
+
+        backends = [resolve(b) for b in fv.backend] if fv.backend else [resolve()]
         common = dict(batch_size=fv.batch_size, steps=fv.steps, mixed_precision=fv.mixed_precision,
                       jit_compile=fv.jit_compile)
         specs = SUITE if fv.suite else (dict(method=fv.method, backbones=tuple(fv.backbones),
                                              num_branches=fv.num_branches, topology=fv.topology),)
-        configs = [bench_config(**spec, **common) for spec in specs]  # every one validated before any work
+        # Every configuration validated before any work; backends alternate per method.
+        configs = [bench_config(**spec, **common, backend=b) for spec in specs for b in backends]
         results = []
         for config in configs:
             result = run_child(config, fv.epochs, fv.reference)

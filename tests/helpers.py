@@ -78,8 +78,10 @@ def float32_tolerances(samples, references64, scales=None):
     """``{name: largest difference two float32 computations of that array may show}`` from
     float32 ``samples`` (dicts of arrays by name) of the computation and its float64 run:
     ``FLOAT32_NOISE_FACTOR`` times the largest drift of a sample from float64, and at least
-    4 float32 ulps of the array's size, or of ``scales[name]`` where the value is a small
-    difference of larger quantities (a KL term: cross-entropy minus entropy)."""
+    8 float32 ulps of the array's size, or of ``scales[name]`` where the value is a small
+    difference of larger quantities (a KL term: cross-entropy minus entropy).  The ulps
+    cover what no reordering shows: another implementation of a short formula rounds
+    differently (Keras's BN moving-average factor 1 - 0.9 is 0.10000002 in float32)."""
     scales = scales or {}
     eps = float(np.finfo(np.float32).eps)
     tolerances = {}
@@ -90,7 +92,7 @@ def float32_tolerances(samples, references64, scales=None):
             continue
         drift = max(float(np.max(np.abs(np.asarray(s[name], np.float64) - exact))) for s in samples)
         size = max(float(np.max(np.abs(exact))), scales.get(name, 0.0))
-        tolerances[name] = max(FLOAT32_NOISE_FACTOR * drift, 4 * eps * size)
+        tolerances[name] = max(FLOAT32_NOISE_FACTOR * drift, 8 * eps * size)
     return tolerances
 
 

@@ -10,7 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {"method", "backbones", "batch_size", "images_per_sec", "step_ms", "peak_rss_mb", "raw_images_per_sec",
           "fit_vs_raw", "ce_only_images_per_sec", "overhead_vs_ce", "pipeline_images_per_sec", "pipeline_vs_step",
-          "device"}
+          "device", "backend"}
 
 
 def run_bench(*args):
@@ -20,16 +20,19 @@ def run_bench(*args):
 def test_tiny_configuration_emits_json_with_every_field(tmp_path):
     out = tmp_path / "bench.jsonl"
     result = run_bench("--method=ffl", "--backbones=resnet8", "--num_branches=2", "--batch_size=16", "--steps=3",
-                       "--epochs=2", f"--output={out}")
+                       "--epochs=2", f"--output={out}", "--backend=tensorflow,jax")
     assert result.returncode == 0, result.stderr
-    line = json.loads([s for s in result.stdout.splitlines() if s.startswith("{")][0])
-    assert FIELDS <= set(line)
+    line, jax_line = [json.loads(s) for s in result.stdout.splitlines() if s.startswith("{")]
+    assert FIELDS <= set(line) and FIELDS <= set(jax_line)
+    assert (line["backend"], jax_line["backend"]) == ("tensorflow", "jax")
+    assert jax_line["images_per_sec"] > 0 and jax_line["raw_images_per_sec"] > 0
     assert (line["method"], line["backbones"], line["batch_size"], line["topology"]) == ("ffl", "resnet8+resnet8", 16,
                                                                                          "shared")
     assert line["images_per_sec"] > 0 and line["step_ms"] > 0 and line["peak_rss_mb"] > 100
     assert line["step_ms"] == pytest.approx(1000 * 16 / line["images_per_sec"], rel=0.01)
-    assert "| ffl | resnet8+resnet8 | shared | 16 |" in result.stdout
-    assert json.loads(out.read_text()) == line
+    assert "| tensorflow | ffl | resnet8+resnet8 | shared | 16 |" in result.stdout
+    assert "| jax | ffl | resnet8+resnet8 | shared | 16 |" in result.stdout
+    assert [json.loads(s) for s in out.read_text().splitlines()] == [line, jax_line]
 
 
 def test_bad_flags_exit_2():

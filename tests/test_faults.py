@@ -175,3 +175,35 @@ def test_when_no_resume_checkpoint_reads_the_run_stops_and_keeps_them(tmp_path):
     with pytest.raises(ResumeError, match="no resume checkpoint in .*backup can be read; move that folder away"):
         train(config)
     assert {n: os.path.getsize(os.path.join(backup, n)) for n in os.listdir(backup)} == sizes
+
+
+def test_a_second_live_run_in_a_model_dir_is_refused_and_a_killed_ones_lock_is_not_kept(tmp_path):
+    import json
+    import time
+
+    model_dir = tmp_path / "run"
+    flags = [f for f in FLAGS if not f.startswith("--epochs")] + ["--epochs=400", f"--model_dir={model_dir}"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    first = subprocess.Popen([sys.executable, "-m", "keras_ffl.train", *flags], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (model_dir / "config.json").exists():  # it holds the lock and is training
+            assert first.poll() is None and time.time() < deadline, "the first run did not start"
+            time.sleep(0.5)
+        assert json.loads((model_dir / run_dir.LOCK).read_text())["pid"] == first.pid
+        files = sorted(p.name for p in model_dir.iterdir())
+        second = run("-m", "keras_ffl.train", *flags)
+        assert second.returncode == 2
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1, second.stderr
+        assert f"is in use by a live run (process {first.pid} on " in lines[0]
+        assert set(files) <= {p.name for p in model_dir.iterdir()}  # nothing of the live run was touched
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # The lock file still names the dead process, but the operating system dropped its lock
+    # with it: the next run takes the model_dir.
+    assert json.loads((model_dir / run_dir.LOCK).read_text())["pid"] == first.pid
+    with run_dir.locked(str(model_dir)):
+        assert json.loads((model_dir / run_dir.LOCK).read_text())["pid"] == os.getpid()

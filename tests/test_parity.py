@@ -1,0 +1,151 @@
+"""keras_ffl against independent PyTorch references of the authors' networks
+(``tests/torch_reference.py``), with keras_ffl's weights copied across.
+
+* Every backbone with a PyTorch reference pads exactly as it does: logits and last feature
+  maps agree to 1e-4 (Keras's ``padding="same"`` at stride 2 would shift the sampling grid by
+  one pixel and change the logits by up to 14).
+* The official FFL network (two ResNet-32 branches on a shared trunk, the fusion module):
+  logits, fused logits and the FFL loss agree to 1e-4; after one step of the FFL code's
+  optimiser (Nesterov SGD, coupled weight decay, 1e-5 for the fusion module) every trainable
+  weight and BN running mean agrees within the float32 noise of that step, measured here as
+  the PyTorch reference in float32 (on the batch and on the batch reversed) against float64.  (BN running variances are not compared:
+  PyTorch updates them with the unbiased batch variance, Keras with the biased one, a factor
+  n / (n - 1) on the 10% new part.)
+"""
+
+import copy
+
+import keras
+import numpy as np
+import pytest
+import torch
+
+import torch_reference as ref
+from helpers import assert_within_float32_noise
+from keras_ffl import FFL, backbones
+
+
+def randomize_batch_norm(layers, rng):
+    """BN statistics and affine parameters away from 0/1, so that the comparison sees them."""
+    for layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.normal(0, 0.1, n), rng.normal(0, 0.1, n),
+                               rng.uniform(0.5, 1.5, n)])
+
+
+def all_layers(model):
+    return [layer for layer in model._flatten_layers(include_self=False)]
+
+
+def weights_by_name(layers):
+    return {layer.name: [np.asarray(w) for w in layer.get_weights()] for layer in layers if layer.get_weights()}
+
+
+@pytest.mark.parametrize("backbone,size,reference", [
+    ("resnet32", 32, lambda: ref.CifarResNet(32, 100)),
+    ("wrn16_2", 32, lambda: ref.WideResNet(16, 2, 100)),
+    ("resnet18", 32, lambda: ref.ResNet(18, 100, imagenet_stem=False)),
+    ("resnet34", 64, lambda: ref.ResNet(34, 100, imagenet_stem=True)),
+], ids=["resnet32", "wrn16_2", "resnet18-cifar-stem", "resnet34-imagenet-stem"])
+def test_every_backbone_pads_as_its_pytorch_reference(backbone, size, reference):
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    network = backbones.build_network(backbone, (size, size, 3), 100)
+    randomize_batch_norm(network.layers, rng)
+    torch_net = reference().eval()
+    ref.port(weights_by_name(network.layers), torch_net)
+    images = rng.normal(size=(4, size, size, 3)).astype("float32")
+    logits, features = network(images, training=False)
+    with torch.no_grad():
+        torch_logits, torch_features = torch_net(ref.nchw(images))
+    np.testing.assert_allclose(np.asarray(logits), torch_logits.numpy(), atol=1e-4, rtol=1e-4)
+    # The maps of a randomly initialised deep network reach tens: 1e-4 of their scale.
+    scale = float(np.max(np.abs(torch_features.numpy())))
+    np.testing.assert_allclose(np.asarray(features).transpose(0, 3, 1, 2), torch_features.numpy(),
+                               atol=1e-4 * max(scale, 1.0), rtol=1e-4)
+
+
+EPOCH, RAMPUP, LR, WEIGHT_DECAY, FUSION_WEIGHT_DECAY = 40, 80, 0.1, 1e-4, 1e-5
+
+
+@pytest.fixture(scope="module")
+def ffl_pair():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(1)
+    trunk, heads = backbones.build_branches("resnet32", (32, 32, 3), 100, num_branches=2)
+    model = FFL(heads, trunk=trunk, rampup_epochs=RAMPUP, weight_decay=WEIGHT_DECAY,
+                fusion_weight_decay=FUSION_WEIGHT_DECAY)
+    randomize_batch_norm(all_layers(model), rng)
+    model.epoch.assign(float(EPOCH))
+    torch_model = ref.FFL(32, 100)
+    ref.port(weights_by_name(trunk.layers), torch_model.trunk)
+    for head, torch_head in zip(heads, torch_model.heads):
+        ref.port(weights_by_name(head.layers), torch_head)
+    ref.port(weights_by_name(all_layers(model.fusion)), torch_model.fusion)
+    images = rng.normal(size=(8, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 100, 8)
+    return model, torch_model, images, labels
+
+
+def test_the_official_ffl_network_gives_the_same_logits_and_loss(ffl_pair):
+    model, torch_model, images, labels = ffl_pair
+    outputs = model(images, training=False)
+    torch_model = copy.deepcopy(torch_model).eval()
+    with torch.no_grad():
+        logits, fused = torch_model(ref.nchw(images))
+    for k, z in enumerate(logits):
+        np.testing.assert_allclose(np.asarray(outputs[f"net{k}"]), z.numpy(), atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(outputs["fused"]), fused.numpy(), atol=1e-4, rtol=1e-4)
+
+
+def torch_step(torch_model, images, labels, dtype, reverse=False):
+    torch_model = copy.deepcopy(torch_model).to(dtype).train()
+    if reverse:  # the same step on the batch in another order: another float32 rounding
+        images, labels = images[::-1].copy(), labels[::-1].copy()
+    optimizer = ref.sgd(torch_model, LR, WEIGHT_DECAY, FUSION_WEIGHT_DECAY)
+    logits, fused = torch_model(ref.nchw(images).to(dtype))
+    loss = ref.ffl_loss(logits, fused, torch.from_numpy(labels), 3.0, ref.rampup(EPOCH, RAMPUP))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return torch_model, float(loss.detach())
+
+
+def torch_state(torch_model):
+    """Every trainable parameter and BN running mean, by the Keras layer name it came from."""
+    state = {}
+    for prefix, module in [("trunk", torch_model.trunk), *[(f"net{k}", h) for k, h in enumerate(torch_model.heads)],
+                           ("fusion", torch_model.fusion)]:
+        for name, layer in module.named.items():
+            for param, value in layer.state_dict().items():
+                if param in ("running_var", "num_batches_tracked"):
+                    continue
+                state[f"{prefix}/{name}/{param}"] = value.detach().double().numpy()
+    return state
+
+
+def keras_state(model):
+    """The same names, from the Keras model, in PyTorch's layouts."""
+    torch_layout = ref.FFL(32, 100)
+    ref.port(weights_by_name(model.trunk.layers), torch_layout.trunk)
+    for head, torch_head in zip(model.branches, torch_layout.heads):
+        ref.port(weights_by_name(head.layers), torch_head)
+    ref.port(weights_by_name(all_layers(model.fusion)), torch_layout.fusion)
+    return torch_state(torch_layout)
+
+
+def test_one_sgd_step_of_the_official_ffl_code_gives_the_same_weights(ffl_pair):
+    model, torch_model, images, labels = ffl_pair
+    before = keras_state(model)
+    model.compile(optimizer=keras.optimizers.SGD(LR, momentum=0.9, nesterov=True))
+    logs = model.train_on_batch(images, labels, return_dict=True)
+    stepped32, loss32 = torch_step(torch_model, images, labels, torch.float32)
+    stepped64, loss64 = torch_step(torch_model, images, labels, torch.float64)
+    reversed32, _ = torch_step(torch_model, images, labels, torch.float32, reverse=True)
+    assert logs["loss"] == pytest.approx(loss32, abs=1e-4, rel=1e-4)  # the FFL loss (before weight decay)
+    after, torch32, torch64 = keras_state(model), torch_state(stepped32), torch_state(stepped64)
+    samples = [torch32, torch_state(reversed32)]
+    moved = sum(not np.allclose(after[n], before[n]) for n in after)
+    assert moved > 0.9 * len(after)
+    assert_within_float32_noise(after, torch32, samples, torch64, what="keras_ffl vs the FFL code after one step")

@@ -1,0 +1,239 @@
+"""Independent PyTorch references of the networks as the authors' code writes them.
+
+* CIFAR ResNet: the FFL and ONE code (post-activation BasicBlock, 1x1-conv + BN projection,
+  ``padding=1`` on every 3x3 convolution, stride 2 included);
+* WRN: RepDistiller's ``wrn`` (pre-activation blocks; the projection takes the pre-activated
+  input);
+* ResNet-18/34: torchvision's layout, with the CIFAR stem (3x3, no max-pool) or the ImageNet
+  stem (7x7 stride 2 padded 3, 3x3 stride-2 max-pool padded 1);
+* FFL: two branches on a shared ResNet trunk and the fusion module of the FFL code
+  (concatenation, depthwise 3x3, BN, ReLU, 1x1, BN, ReLU, pool, linear), with its loss.
+
+Modules are keyed by the names keras_ffl gives the same layers, which is all ``port`` uses to
+copy weights across; nothing here imports keras_ffl.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def conv3x3(cin, cout, stride):
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+class Layers(nn.Module):
+    """Named modules; ``forward`` of the networks below says how they connect."""
+
+    def __init__(self):
+        super().__init__()
+        self.named = nn.ModuleDict()
+
+    def add(self, name, module):
+        self.named[name] = module
+        return module
+
+    def __getitem__(self, name):
+        return self.named[name]
+
+
+class CifarResNet(Layers):
+    """ResNet-(6n+2) of the FFL/ONE code; ``part`` = "whole", "trunk" (stem + stages 1-2) or "head"."""
+
+    def __init__(self, depth, num_classes, part="whole"):
+        super().__init__()
+        self.blocks, self.part = (depth - 2) // 6, part
+        channels = 16
+        if part in ("whole", "trunk"):
+            self.add("stem_conv", conv3x3(3, 16, 1))
+            self.add("stem_bn", nn.BatchNorm2d(16))
+        stages = {"whole": (1, 2, 3), "trunk": (1, 2), "head": (3,)}[part]
+        if part == "head":
+            channels = 32
+        for stage in stages:
+            width, stride = 16 * 2 ** (stage - 1), 1 if stage == 1 else 2
+            for b in range(self.blocks):
+                p = f"stage{stage}_block{b}"
+                self.add(f"{p}_conv1", conv3x3(channels, width, stride if b == 0 else 1))
+                self.add(f"{p}_bn1", nn.BatchNorm2d(width))
+                self.add(f"{p}_conv2", conv3x3(width, width, 1))
+                self.add(f"{p}_bn2", nn.BatchNorm2d(width))
+                if b == 0 and (stride != 1 or channels != width):
+                    self.add(f"{p}_proj_conv", nn.Conv2d(channels, width, 1, stride=stride, bias=False))
+                    self.add(f"{p}_proj_bn", nn.BatchNorm2d(width))
+                channels = width
+        self.stages = stages
+        if part in ("whole", "head"):
+            self.add("classifier", nn.Linear(64, num_classes))
+
+    def block(self, x, p):
+        y = F.relu(self[f"{p}_bn1"](self[f"{p}_conv1"](x)))
+        y = self[f"{p}_bn2"](self[f"{p}_conv2"](y))
+        shortcut = self[f"{p}_proj_bn"](self[f"{p}_proj_conv"](x)) if f"{p}_proj_conv" in self.named else x
+        return F.relu(y + shortcut)
+
+    def forward(self, x):
+        if self.part != "head":
+            x = F.relu(self["stem_bn"](self["stem_conv"](x)))
+        for stage in self.stages:
+            for b in range(self.blocks):
+                x = self.block(x, f"stage{stage}_block{b}")
+        if self.part == "trunk":
+            return x
+        return self["classifier"](x.mean(dim=(2, 3))), x
+
+
+class WideResNet(Layers):
+    """RepDistiller's WRN-d-k."""
+
+    def __init__(self, depth, width, num_classes):
+        super().__init__()
+        self.blocks = (depth - 4) // 6
+        self.add("stem_conv", conv3x3(3, 16, 1))
+        channels = 16
+        for stage in (1, 2, 3):
+            out, stride = 16 * width * 2 ** (stage - 1), 1 if stage == 1 else 2
+            for b in range(self.blocks):
+                p = f"stage{stage}_block{b}"
+                self.add(f"{p}_bn1", nn.BatchNorm2d(channels))
+                self.add(f"{p}_conv1", conv3x3(channels, out, stride if b == 0 else 1))
+                self.add(f"{p}_bn2", nn.BatchNorm2d(out))
+                self.add(f"{p}_conv2", conv3x3(out, out, 1))
+                if channels != out:
+                    self.add(f"{p}_proj_conv", nn.Conv2d(channels, out, 1, stride=stride if b == 0 else 1,
+                                                         bias=False))
+                channels = out
+        self.add("final_bn", nn.BatchNorm2d(channels))
+        self.add("classifier", nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        x = self["stem_conv"](x)
+        for stage in (1, 2, 3):
+            for b in range(self.blocks):
+                p = f"stage{stage}_block{b}"
+                pre = F.relu(self[f"{p}_bn1"](x))
+                y = self[f"{p}_conv1"](pre)
+                y = self[f"{p}_conv2"](F.relu(self[f"{p}_bn2"](y)))
+                x = y + (self[f"{p}_proj_conv"](pre) if f"{p}_proj_conv" in self.named else x)
+        features = F.relu(self["final_bn"](x))
+        return self["classifier"](features.mean(dim=(2, 3))), features
+
+
+class ResNet(Layers):
+    """torchvision's ResNet-18/34 (BasicBlock), CIFAR or ImageNet stem."""
+
+    BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
+
+    def __init__(self, depth, num_classes, imagenet_stem):
+        super().__init__()
+        self.imagenet, self.layout = imagenet_stem, self.BLOCKS[depth]
+        self.add("stem_conv", nn.Conv2d(3, 64, 7, 2, 3, bias=False) if imagenet_stem else conv3x3(3, 64, 1))
+        self.add("stem_bn", nn.BatchNorm2d(64))
+        channels = 64
+        for stage, blocks in enumerate(self.layout, start=1):
+            width = 64 * 2 ** (stage - 1)
+            for b in range(blocks):
+                stride = 2 if b == 0 and stage > 1 else 1
+                p = f"stage{stage}_block{b}"
+                self.add(f"{p}_conv1", conv3x3(channels, width, stride))
+                self.add(f"{p}_bn1", nn.BatchNorm2d(width))
+                self.add(f"{p}_conv2", conv3x3(width, width, 1))
+                self.add(f"{p}_bn2", nn.BatchNorm2d(width))
+                if stride != 1 or channels != width:
+                    self.add(f"{p}_proj_conv", nn.Conv2d(channels, width, 1, stride=stride, bias=False))
+                    self.add(f"{p}_proj_bn", nn.BatchNorm2d(width))
+                channels = width
+        self.add("classifier", nn.Linear(512, num_classes))
+
+    def forward(self, x):
+        x = F.relu(self["stem_bn"](self["stem_conv"](x)))
+        if self.imagenet:
+            x = F.max_pool2d(x, 3, 2, 1)
+        for stage, blocks in enumerate(self.layout, start=1):
+            for b in range(blocks):
+                x = CifarResNet.block(self, x, f"stage{stage}_block{b}")
+        return self["classifier"](x.mean(dim=(2, 3))), x
+
+
+class FusionModule(Layers):
+    def __init__(self, channels, fused_channels, num_classes):
+        super().__init__()
+        self.add("depthwise", nn.Conv2d(channels, channels, 3, 1, 1, groups=channels, bias=False))
+        self.add("depthwise_bn", nn.BatchNorm2d(channels))
+        self.add("pointwise", nn.Conv2d(channels, fused_channels, 1, bias=False))
+        self.add("pointwise_bn", nn.BatchNorm2d(fused_channels))
+        self.add("classifier", nn.Linear(fused_channels, num_classes))
+
+    def forward(self, maps):
+        x = F.relu(self["depthwise_bn"](self["depthwise"](torch.cat(maps, dim=1))))
+        x = F.relu(self["pointwise_bn"](self["pointwise"](x)))
+        return self["classifier"](x.mean(dim=(2, 3)))
+
+
+class FFL(nn.Module):
+    """Two (or more) branches of a CIFAR ResNet on a shared trunk, and the fusion module."""
+
+    def __init__(self, depth, num_classes, branches=2):
+        super().__init__()
+        self.trunk = CifarResNet(depth, num_classes, "trunk")
+        self.heads = nn.ModuleList([CifarResNet(depth, num_classes, "head") for _ in range(branches)])
+        self.fusion = FusionModule(64 * branches, 64, num_classes)
+
+    def forward(self, x):
+        shared = self.trunk(x)
+        logits, maps = zip(*[head(shared) for head in self.heads])
+        return list(logits), self.fusion(list(maps))
+
+
+def kl(student, teacher, t):
+    """The FFL/ONE code's KL: teacher softmax + 1e-7, detached, T^2."""
+    target = (F.softmax(teacher / t, dim=1) + 1e-7).detach()
+    return t * t * torch.mean(torch.sum(target * (torch.log(target) - F.log_softmax(student / t, dim=1)), dim=1))
+
+
+def ffl_loss(logits, fused, labels, t, weight):
+    ensemble = torch.stack(logits).mean(0)
+    ce = sum(F.cross_entropy(z, labels) for z in logits) + F.cross_entropy(fused, labels)
+    return ce + weight * (kl(fused, ensemble, t) + sum(kl(z, fused, t) for z in logits))
+
+
+def rampup(epoch, length):
+    return math.exp(-5.0 * (1.0 - min(max(epoch, 0), length) / length) ** 2)
+
+
+def sgd(model, lr, weight_decay, fusion_weight_decay):
+    """The FFL code's optimiser: Nesterov SGD, coupled weight decay, its own for the fusion module."""
+    fusion = set(map(id, model.fusion.parameters()))
+    groups = [{"params": [p for p in model.parameters() if id(p) not in fusion], "weight_decay": weight_decay},
+              {"params": list(model.fusion.parameters()), "weight_decay": fusion_weight_decay}]
+    return torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
+
+
+# ------------------------------------------------------------------------ porting
+def port(keras_layer_weights, module):
+    """Copies ``{layer name: [numpy arrays, in Keras order]}`` into the module's named layers."""
+    for name, target in module.named.items():
+        values = keras_layer_weights[name]
+        with torch.no_grad():
+            if isinstance(target, nn.Conv2d):
+                kernel = values[0]
+                if target.groups > 1:  # Keras depthwise (3, 3, C, 1) -> (C, 1, 3, 3)
+                    target.weight.copy_(torch.from_numpy(kernel.transpose(2, 3, 0, 1).copy()))
+                else:  # HWIO -> OIHW
+                    target.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+            elif isinstance(target, nn.BatchNorm2d):
+                gamma, beta, mean, variance = values
+                target.weight.copy_(torch.from_numpy(gamma))
+                target.bias.copy_(torch.from_numpy(beta))
+                target.running_mean.copy_(torch.from_numpy(mean))
+                target.running_var.copy_(torch.from_numpy(variance))
+            elif isinstance(target, nn.Linear):
+                target.weight.copy_(torch.from_numpy(values[0].T.copy()))
+                target.bias.copy_(torch.from_numpy(values[1]))
+
+
+def nchw(images):
+    return torch.from_numpy(np.ascontiguousarray(np.asarray(images).transpose(0, 3, 1, 2)))
