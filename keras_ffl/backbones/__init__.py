@@ -36,13 +36,17 @@ def build_network(backbone, input_shape, num_classes, name=None, sync_bn=False):
     return spec.build_network(tuple(input_shape), num_classes, name=name or spec.name)
 
 
-def build_branches(backbone, input_shape, num_classes, num_branches=2, sync_bn=False):
+def build_branches(backbone, input_shape, num_classes, num_branches=2, split=None, sync_bn=False):
     """``(trunk, [head_0, ...])``: the shared lower stages and one copy of the upper stages and
-    classifier per branch (named ``net0``, ``net1``...), as FFL and ONE split a network."""
+    classifier per branch (named ``net0``, ``net1``...).  ``split`` names where: by default
+    ONE's split (the last stage per branch), as FFL and ONE do; see each backbone's
+    ``split_points``."""
     spec = get_backbone(backbone, sync_bn=sync_bn)
-    trunk = spec.build_trunk(tuple(input_shape), name="trunk")
+    input_shape = tuple(input_shape)
+    trunk = spec.build_trunk(input_shape, name="trunk", split=split)
     shape = tuple(trunk.output.shape[1:])
-    return trunk, [spec.build_head(shape, num_classes, name=f"net{k}") for k in range(num_branches)]
+    return trunk, [spec.build_head(shape, num_classes, name=f"net{k}", split=split, input_shape=input_shape)
+                   for k in range(num_branches)]
 
 
 __all__ = ["Backbone", "CifarResNet", "ResNet", "WideResNet", "MIDDLE_LAYER", "build_branches", "build_network",

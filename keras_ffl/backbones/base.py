@@ -85,10 +85,24 @@ MIDDLE_LAYER = "middle"
 
 
 class Backbone:
-    """Base class: subclasses implement ``block``, ``trunk_layers`` and ``head_layers``."""
+    """A network as an ordered list of segments with named split points.
+
+    Subclasses implement ``segment(x, index, num_classes)`` for ``index`` in
+    ``range(num_segments)``; the last segment returns ``(logits, last feature map)``.
+    ``split_points`` names the boundaries a network may be split at (``{"stage2": 3}``: after
+    segment 2); ``default_split`` is where shared-trunk methods split by default (ONE's split:
+    the last stage and the classifier are per branch), and where a whole network puts the
+    ``middle`` identity layer FFCL fuses.
+
+    * ``build_network``: the whole network, image -> [logits, last feature map];
+    * ``build_trunk`` / ``build_head``: the two sides of a split (any named split point);
+    * ``build_segment``: the segments between two split points (hierarchical sharing).
+    """
 
     name = "backbone"
     blocks_per_stage = 1
+    num_segments = 1
+    split_points = {}
 
     def __init__(self, sync_bn=False):
         self.sync_bn = sync_bn
@@ -105,27 +119,51 @@ class Backbone:
             x = self.block(x, filters, strides if b == 0 else 1, f"stage{index}_block{b}")
         return x
 
-    def trunk_layers(self, x):
+    def segment(self, x, index, num_classes):
         raise NotImplementedError
 
-    def head_layers(self, x, num_classes):
-        """Returns ``(logits, feature_map)``."""
-        raise NotImplementedError
+    def default_split(self, input_shape):
+        return next(iter(self.split_points))
+
+    def split_index(self, split, input_shape):
+        split = split or self.default_split(input_shape)
+        if split not in self.split_points:
+            raise ValueError(f"{self.name} splits at {', '.join(self.split_points)}, not '{split}'")
+        return self.split_points[split]
+
+    def apply(self, x, start, end, num_classes):
+        for index in range(start, end):
+            x = self.segment(x, index, num_classes)
+        return x
 
     def build_network(self, input_shape, num_classes, name):
         inputs = keras.Input(shape=input_shape, name="images")
-        middle = layers.Identity(name=MIDDLE_LAYER)(self.trunk_layers(inputs))
-        logits, features = self.head_layers(middle, num_classes)
+        split = self.split_index(None, input_shape)
+        middle = layers.Identity(name=MIDDLE_LAYER)(self.apply(inputs, 0, split, num_classes))
+        logits, features = self.apply(middle, split, self.num_segments, num_classes)
         return keras.Model(inputs, [logits, features], name=name)
 
-    def build_trunk(self, input_shape, name="trunk"):
+    def build_trunk(self, input_shape, name="trunk", split=None):
         inputs = keras.Input(shape=input_shape, name="images")
-        return keras.Model(inputs, self.trunk_layers(inputs), name=name)
+        return keras.Model(inputs, self.apply(inputs, 0, self.split_index(split, input_shape), None), name=name)
 
-    def build_head(self, trunk_output_shape, num_classes, name):
+    def build_head(self, trunk_output_shape, num_classes, name, split=None, input_shape=None):
         inputs = keras.Input(shape=trunk_output_shape, name="trunk_features")
-        logits, features = self.head_layers(inputs, num_classes)
+        start = self.split_index(split, input_shape or self.input_shape_for(trunk_output_shape))
+        logits, features = self.apply(inputs, start, self.num_segments, num_classes)
         return keras.Model(inputs, [logits, features], name=name)
+
+    def build_segment(self, input_shape, start, end, name, image_shape):
+        """The segments from split point ``start`` to split point ``end`` (names), as a model of
+        the feature map at ``start``."""
+        inputs = keras.Input(shape=input_shape, name="features")
+        outputs = self.apply(inputs, self.split_index(start, image_shape), self.split_index(end, image_shape), None)
+        return keras.Model(inputs, outputs, name=name)
+
+    def input_shape_for(self, trunk_output_shape):
+        """The image shape a trunk output comes from, where the default split depends on it
+        (only ResNet-18/34's stem does; None elsewhere)."""
+        return None
 
     def get_config(self):
         return {"name": self.name, "sync_bn": self.sync_bn}

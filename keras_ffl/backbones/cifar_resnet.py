@@ -5,7 +5,8 @@ strides 1/2/2; 1x1 conv + BN projection when the shape changes; global average p
 dense head.  BasicBlock at every depth: ONE's code switches to Bottleneck for depth
 >= 44, which is deliberately not copied.
 
-Shared-trunk split: stem and stages 1-2 are the trunk, stage 3 plus the head is a branch.
+Shared-trunk split: stem and stages 1-2 are the trunk, stage 3 plus the head is a branch
+(``split="stage2"``, ONE's); MCL-OKD shares the stem and stage 1 only (``split="stage1"``).
 """
 
 from keras import layers
@@ -35,6 +36,10 @@ class PostActivationResNet(Backbone):
 
 
 class CifarResNet(PostActivationResNet):
+    num_segments = 4  # stem, stage 1, stage 2, stage 3 + classifier
+    #: ONE's split (the default) shares stages 1-2; MCL-OKD's shares stage 1 only.
+    split_points = {"stage2": 3, "stage1": 2}
+
     def __init__(self, depth, sync_bn=False):
         super().__init__(sync_bn)
         if depth < 8 or (depth - 2) % 6:
@@ -43,14 +48,12 @@ class CifarResNet(PostActivationResNet):
         self.blocks_per_stage = (depth - 2) // 6
         self.name = f"resnet{depth}"
 
-    def trunk_layers(self, x):
-        x = conv(16, 3, 1, name="stem_conv")(x)
-        x = self.bn("stem_bn")(x)
-        x = layers.ReLU(name="stem_relu")(x)
-        x = self.stage(x, 1, 16, 1)
-        return self.stage(x, 2, 32, 2)
-
-    def head_layers(self, x, num_classes):
+    def segment(self, x, index, num_classes):
+        if index == 0:
+            x = conv(16, 3, 1, name="stem_conv")(x)
+            return layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
+        if index < 3:
+            return self.stage(x, index, 16 * 2 ** (index - 1), 1 if index == 1 else 2)
         features = self.stage(x, 3, 64, 2)
         return self.classify(features, num_classes), features
 

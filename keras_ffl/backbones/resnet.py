@@ -27,6 +27,10 @@ WIDTHS = (64, 128, 256, 512)
 
 
 class ResNet(PostActivationResNet):
+    num_segments = 5  # stem, stages 1-3, stage 4 + classifier
+    #: CIFAR stem: stage 4 per branch (the default there); ImageNet stem: stages 3-4 per branch.
+    split_points = {"stage3": 4, "stage2": 3, "stage1": 2}
+
     def __init__(self, depth, sync_bn=False):
         super().__init__(sync_bn)
         if depth not in RESNET4_BLOCKS:
@@ -35,28 +39,29 @@ class ResNet(PostActivationResNet):
         self.blocks = RESNET4_BLOCKS[depth]
         self.name = f"resnet{depth}"
 
-    def stem(self, x, imagenet):
-        if imagenet:
-            x = conv(64, 7, 2, name="stem_conv")(x)
-            x = layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
-            # PyTorch's MaxPool2d(3, 2, padding=1); after a ReLU zero padding never wins the max.
-            x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
-            return layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
-        x = conv(64, 3, 1, name="stem_conv")(x)
-        return layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
+    def default_split(self, input_shape):
+        return "stage2" if self.imagenet_stem(input_shape) else "stage3"
 
-    def trunk_layers(self, x):
-        imagenet = x.shape[1] is not None and x.shape[1] >= IMAGENET_STEM_MIN_SIZE
-        x = self.stem(x, imagenet)
-        for index in range(2 if imagenet else 3):
-            x = self.stage(x, index + 1, WIDTHS[index], 1 if index == 0 else 2, blocks=self.blocks[index])
-        return x
+    @staticmethod
+    def imagenet_stem(input_shape):
+        return input_shape is not None and input_shape[0] is not None and input_shape[0] >= IMAGENET_STEM_MIN_SIZE
 
-    def head_layers(self, x, num_classes):
-        # The trunk's channel count says where it stopped (ImageNet: after stage 2).
-        for index in range(WIDTHS.index(x.shape[-1]) + 1, 4):
-            x = self.stage(x, index + 1, WIDTHS[index], 2, blocks=self.blocks[index])
-        return self.classify(x, num_classes), x
+    def input_shape_for(self, trunk_output_shape):
+        # The trunk's channel count says where it stopped (ImageNet: after stage 2, 128 channels).
+        return (IMAGENET_STEM_MIN_SIZE,) * 2 + (3,) if trunk_output_shape[-1] == WIDTHS[1] else None
+
+    def segment(self, x, index, num_classes):
+        if index == 0:
+            if self.imagenet_stem(x.shape[1:]):
+                x = conv(64, 7, 2, name="stem_conv")(x)
+                x = layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
+                # PyTorch's MaxPool2d(3, 2, padding=1); after a ReLU zero padding never wins the max.
+                x = layers.ZeroPadding2D(1, name="stem_pool_pad")(x)
+                return layers.MaxPooling2D(3, strides=2, padding="valid", name="stem_pool")(x)
+            x = conv(64, 3, 1, name="stem_conv")(x)
+            return layers.ReLU(name="stem_relu")(self.bn("stem_bn")(x))
+        x = self.stage(x, index, WIDTHS[index - 1], 1 if index == 1 else 2, blocks=self.blocks[index - 1])
+        return (self.classify(x, num_classes), x) if index == 4 else x
 
     def get_config(self):
         return {**super().get_config(), "depth": self.depth}

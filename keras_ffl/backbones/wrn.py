@@ -14,6 +14,9 @@ from keras_ffl.backbones.base import Backbone, conv, dense_classifier
 
 
 class WideResNet(Backbone):
+    num_segments = 4  # stem, stage 1, stage 2, stage 3 + final BN-ReLU + classifier
+    split_points = {"stage2": 3, "stage1": 2}
+
     def __init__(self, depth, width, sync_bn=False):
         super().__init__(sync_bn)
         if depth < 10 or (depth - 4) % 6:
@@ -33,13 +36,11 @@ class WideResNet(Backbone):
         shortcut = x if equal_in_out else conv(filters, 1, strides, name=f"{prefix}_proj_conv")(pre)
         return layers.Add(name=f"{prefix}_add")([y, shortcut])
 
-
-    def trunk_layers(self, x):
-        x = conv(16, 3, 1, name="stem_conv")(x)
-        x = self.stage(x, 1, 16 * self.width, 1)
-        return self.stage(x, 2, 32 * self.width, 2)
-
-    def head_layers(self, x, num_classes):
+    def segment(self, x, index, num_classes):
+        if index == 0:
+            return conv(16, 3, 1, name="stem_conv")(x)
+        if index < 3:
+            return self.stage(x, index, 16 * self.width * 2 ** (index - 1), 1 if index == 1 else 2)
         x = self.stage(x, 3, 64 * self.width, 2)
         features = layers.ReLU(name="final_relu")(self.bn("final_bn")(x))
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
