@@ -10,9 +10,21 @@ import re
 
 BACKBONE_FORMS = (
     "resnet<6n+2> (CIFAR ResNet: resnet8, resnet20, resnet32, resnet56, resnet110), "
-    "resnet18 / resnet34 (4-stage BasicBlock ResNet), "
-    "or wrn<6n+4>_<k> (e.g. wrn16_2, wrn28_10)"
+    "resnet18 / resnet34 (4-stage BasicBlock ResNet), wrn<6n+4>_<k> (e.g. wrn16_2, wrn28_10), "
+    "densenet40_12 (DenseNet-BC), vgg16 / vgg16_3fc, shufflenetv2, mobilenetv2 (width 0.5) / mobilenetv2_w1"
 )
+
+#: Fixed-architecture backbones: name -> (family, channels of the last feature map).
+NAMED_BACKBONES = {
+    "densenet40_12": ("densenet", 132),
+    "vgg16": ("vgg", 512),
+    "vgg16_3fc": ("vgg", 512),
+    "shufflenetv2": ("shufflenet", 1024),
+    "mobilenetv2": ("mobilenet", 1280),
+    "mobilenetv2_w1": ("mobilenet", 1280),
+}
+ALIASES = {"densenet40-12": "densenet40_12", "densenet_bc40_12": "densenet40_12", "shufflenet_v2": "shufflenetv2",
+           "shufflev2": "shufflenetv2", "mobilenet_v2": "mobilenetv2", "mobile_half": "mobilenetv2"}
 
 #: Depths of the four-stage ResNet (He et al.): blocks per stage.
 RESNET4_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
@@ -20,23 +32,31 @@ RESNET4_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    family: str  # "resnet" (CIFAR, 3 stages), "resnet4" (ResNet-18/34, 4 stages) or "wrn"
-    depth: int
+    family: str  # "resnet" (CIFAR, 3 stages), "resnet4" (ResNet-18/34), "wrn", or a NAMED_BACKBONES family
+    depth: int = 0
     width: int = 1
+    named: str = ""
 
     @property
     def name(self):
+        if self.named:
+            return self.named
         return f"wrn{self.depth}_{self.width}" if self.family == "wrn" else f"resnet{self.depth}"
 
     @property
     def feature_channels(self):
         """Channels of the last feature map (what the fusion module concatenates)."""
+        if self.named:
+            return NAMED_BACKBONES[self.named][1]
         return 512 if self.family == "resnet4" else 64 * self.width
 
 
 def parse_backbone(name):
     """``"resnet32"`` -> BackboneSpec; raises ValueError naming the accepted forms."""
     text = name.strip().lower()
+    text = ALIASES.get(text, text)
+    if text in NAMED_BACKBONES:
+        return BackboneSpec(NAMED_BACKBONES[text][0], named=text)
     match = re.fullmatch(r"resnet(\d+)", text)
     if match:
         depth = int(match[1])

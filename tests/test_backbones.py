@@ -71,7 +71,52 @@ def test_conv_init_is_he_normal_fan_out():
     assert bn.momentum == 0.9 and bn.epsilon == 1e-5
 
 
-@pytest.mark.parametrize("bad", ["resnet33", "resnet", "wrn16", "wrn15_2", "vgg16", "wrn16_0"])
+@pytest.mark.parametrize("bad", ["resnet33", "resnet", "wrn16", "wrn15_2", "vgg19", "wrn16_0", "densenet121"])
 def test_bad_names_are_refused(bad):
     with pytest.raises(ValueError, match="backbone"):
         get_backbone(bad)
+
+
+@pytest.mark.parametrize(
+    "name,parameters,features,trunk_shape,head,k3_total",
+    # Counts from METHODS.md part 2 (hand-computed from the authors' layouts, 100 classes).
+    [("densenet40_12", 188_092, (8, 8, 132), (8, 8, 60), 72_244, 332_580),
+     ("vgg16", 14_774_436, (1, 1, 512), (2, 2, 512), 7_133_796, 29_042_028),
+     ("vgg16_3fc", 15_299_748, (1, 1, 512), (2, 2, 512), 7_659_108, 30_617_964),
+     ("shufflenetv2", 1_355_528, (4, 4, 1024), (8, 8, 232), 1_081_036, 3_517_600),
+     ("mobilenetv2", 812_836, (2, 2, 1280), (4, 4, 48), 664_388, 2_141_612),
+     ("mobilenetv2_w1", 2_353_060, (2, 2, 1280), (4, 4, 96), 1_809_444, 5_971_948)],
+)
+def test_comparison_backbones_parameters_maps_and_split(name, parameters, features, trunk_shape, head, k3_total):
+    from keras_ffl import backbones
+
+    whole = backbones.build_network(name, (32, 32, 3), 100)
+    assert trainable_params(whole) == parameters
+    logits, maps = whole(np.zeros((2, 32, 32, 3), "float32"))
+    assert logits.shape == (2, 100) and maps.shape[1:] == features
+    assert parse_backbone(name).feature_channels == features[-1]
+    trunk, heads = backbones.build_branches(name, (32, 32, 3), 100, num_branches=3)
+    assert trunk.output.shape[1:] == trunk_shape == whole.get_layer("middle").output.shape[1:]
+    assert trainable_params(heads[0]) == head
+    assert trainable_params(trunk) + trainable_params(heads[0]) == parameters  # trunk + head = the network
+    assert trainable_params(trunk) + 3 * head == k3_total
+    # Trunk then head computes what the whole network computes (same layers, same order).
+    for layer in whole.layers:
+        weights = layer.get_weights()
+        if weights:
+            owner = trunk if layer.name in {x.name for x in trunk.layers} else heads[0]
+            owner.get_layer(layer.name).set_weights(weights)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(heads[0](trunk(x))[0], whole(x)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name,split,trunk_shape", [("resnet32", "stage1", (32, 32, 16)),
+                                                    ("densenet40_12", "trans1", (16, 16, 48)),
+                                                    ("vgg16", "block3", (4, 4, 256))])
+def test_the_earlier_split_mcl_okd_uses(name, split, trunk_shape):
+    from keras_ffl import backbones
+
+    trunk, heads = backbones.build_branches(name, (32, 32, 3), 100, num_branches=2, split=split)
+    assert trunk.output.shape[1:] == trunk_shape
+    whole = backbones.build_network(name, (32, 32, 3), 100)
+    assert trainable_params(trunk) + trainable_params(heads[0]) == trainable_params(whole)

@@ -34,7 +34,7 @@ def run_cli(module, *args, timeout=600):
     "args,message",
     [
         (["--backbones=resnet33"], "unknown backbone|depth must be 6n\\+2"),
-        (["--backbones=vgg16"], "unknown backbone 'vgg16'"),
+        (["--backbones=vgg19"], "unknown backbone 'vgg19'"),
         (["--num_branches=1"], "needs at least 2 sub-networks, got 1"),
         (["--dataset=fashion_mnist", "--data_dir=/nonexistent/fmnist"], "apt-get install dataset-fashion-mnist"),
         (["--no_such_flag=3"], "Unknown command line flag 'no_such_flag'"),

@@ -47,7 +47,12 @@ def weights_by_name(layers):
     ("wrn16_2", 32, lambda: ref.WideResNet(16, 2, 100)),
     ("resnet18", 32, lambda: ref.ResNet(18, 100, imagenet_stem=False)),
     ("resnet34", 64, lambda: ref.ResNet(34, 100, imagenet_stem=True)),
-], ids=["resnet32", "wrn16_2", "resnet18-cifar-stem", "resnet34-imagenet-stem"])
+    ("densenet40_12", 32, lambda: ref.DenseNetBC(100)),
+    ("vgg16", 32, lambda: ref.VGG16(100)),
+    ("shufflenetv2", 32, lambda: ref.ShuffleNetV2(100)),
+    ("mobilenetv2", 32, lambda: ref.MobileNetV2(100)),
+], ids=["resnet32", "wrn16_2", "resnet18-cifar-stem", "resnet34-imagenet-stem", "densenet40_12", "vgg16",
+        "shufflenetv2", "mobilenetv2"])
 def test_every_backbone_pads_as_its_pytorch_reference(backbone, size, reference):
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)

@@ -6,6 +6,9 @@
   input);
 * ResNet-18/34: torchvision's layout, with the CIFAR stem (3x3, no max-pool) or the ImageNet
   stem (7x7 stride 2 padded 3, 3x3 stride-2 max-pool padded 1);
+* DenseNet-BC 40-12: OKDDip's and MCL-OKD's ``densenetd40k12``;
+* VGG-16 with BN (32x32): OKDDip's and MCL-OKD's layout (biased convs, five max-pools);
+* ShuffleNetV2 1.0x and MobileNetV2 (width 0.5): RepDistiller's CIFAR variants;
 * FFL: two branches on a shared ResNet trunk and the fusion module of the FFL code
   (concatenation, depthwise 3x3, BN, ReLU, 1x1, BN, ReLU, pool, linear), with its loss.
 
@@ -158,6 +161,154 @@ class ResNet(Layers):
         return self["classifier"](x.mean(dim=(2, 3))), x
 
 
+class DenseNetBC(Layers):
+    def __init__(self, num_classes, growth=12, layers_per_block=6):
+        super().__init__()
+        self.layers_per_block = layers_per_block
+        self.add("conv0", nn.Conv2d(3, 2 * growth, 3, padding=1, bias=False))
+        channels = 2 * growth
+        for block in (1, 2, 3):
+            for layer in range(layers_per_block):
+                p = f"block{block}_layer{layer}"
+                self.add(f"{p}_bn1", nn.BatchNorm2d(channels))
+                self.add(f"{p}_conv1", nn.Conv2d(channels, 4 * growth, 1, bias=False))
+                self.add(f"{p}_bn2", nn.BatchNorm2d(4 * growth))
+                self.add(f"{p}_conv2", nn.Conv2d(4 * growth, growth, 3, padding=1, bias=False))
+                channels += growth
+            if block < 3:
+                self.add(f"trans{block}_bn", nn.BatchNorm2d(channels))
+                self.add(f"trans{block}_conv", nn.Conv2d(channels, channels // 2, 1, bias=False))
+                channels //= 2
+        self.add("final_bn", nn.BatchNorm2d(channels))
+        self.add("classifier", nn.Linear(channels, num_classes))
+
+    def forward(self, x):
+        x = self["conv0"](x)
+        for block in (1, 2, 3):
+            for layer in range(self.layers_per_block):
+                p = f"block{block}_layer{layer}"
+                y = self[f"{p}_conv1"](F.relu(self[f"{p}_bn1"](x)))
+                y = self[f"{p}_conv2"](F.relu(self[f"{p}_bn2"](y)))
+                x = torch.cat([x, y], dim=1)
+            if block < 3:
+                x = F.avg_pool2d(self[f"trans{block}_conv"](F.relu(self[f"trans{block}_bn"](x))), 2)
+        features = F.relu(self["final_bn"](x))
+        return self["classifier"](features.mean(dim=(2, 3))), features
+
+
+class VGG16(Layers):
+    BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+    def __init__(self, num_classes):
+        super().__init__()
+        channels = 3
+        for block, widths in enumerate(self.BLOCKS, start=1):
+            for j, width in enumerate(widths):
+                self.add(f"block{block}_conv{j}", nn.Conv2d(channels, width, 3, padding=1, bias=True))
+                self.add(f"block{block}_bn{j}", nn.BatchNorm2d(width))
+                channels = width
+        self.add("classifier", nn.Linear(512, num_classes))
+
+    def forward(self, x):
+        for block, widths in enumerate(self.BLOCKS, start=1):
+            for j in range(len(widths)):
+                x = F.relu(self[f"block{block}_bn{j}"](self[f"block{block}_conv{j}"](x)))
+            x = F.max_pool2d(x, 2)
+        return self["classifier"](x.flatten(1)), x
+
+
+def shuffle(x, groups=2):
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleNetV2(Layers):
+    STAGES = ((116, 3), (232, 7), (464, 3))
+
+    def __init__(self, num_classes):
+        super().__init__()
+
+        def conv_bn(name, cin, cout, depthwise=False, stride=1):
+            self.add(name, nn.Conv2d(cin, cout, 3 if depthwise else 1, stride, 1 if depthwise else 0,
+                                     groups=cin if depthwise else 1, bias=False))
+            self.add(f"{name}_bn", nn.BatchNorm2d(cout))
+
+        conv_bn("conv1", 3, 24)
+        channels = 24
+        for index, (width, blocks) in enumerate(self.STAGES, start=1):
+            p, mid = f"layer{index}_down", width // 2
+            conv_bn(f"{p}_conv1", channels, channels, depthwise=True, stride=2)
+            conv_bn(f"{p}_conv2", channels, mid)
+            conv_bn(f"{p}_conv3", channels, mid)
+            conv_bn(f"{p}_conv4", mid, mid, depthwise=True, stride=2)
+            conv_bn(f"{p}_conv5", mid, mid)
+            for b in range(blocks):
+                p = f"layer{index}_block{b}"
+                conv_bn(f"{p}_conv1", mid, mid)
+                conv_bn(f"{p}_conv2", mid, mid, depthwise=True)
+                conv_bn(f"{p}_conv3", mid, mid)
+            channels = width
+        conv_bn("conv2", channels, 1024)
+        self.add("classifier", nn.Linear(1024, num_classes))
+
+    def cbr(self, x, name, relu=True):
+        x = self[f"{name}_bn"](self[name](x))
+        return F.relu(x) if relu else x
+
+    def forward(self, x):
+        x = self.cbr(x, "conv1")
+        for index, (_, blocks) in enumerate(self.STAGES, start=1):
+            p = f"layer{index}_down"
+            left = self.cbr(self.cbr(x, f"{p}_conv1", relu=False), f"{p}_conv2")
+            right = self.cbr(self.cbr(self.cbr(x, f"{p}_conv3"), f"{p}_conv4", relu=False), f"{p}_conv5")
+            x = shuffle(torch.cat([left, right], dim=1))
+            for b in range(blocks):
+                p = f"layer{index}_block{b}"
+                x1, x2 = x.chunk(2, dim=1)
+                y = self.cbr(self.cbr(self.cbr(x2, f"{p}_conv1"), f"{p}_conv2", relu=False), f"{p}_conv3")
+                x = shuffle(torch.cat([x1, y], dim=1))
+        features = self.cbr(x, "conv2")
+        return self["classifier"](F.avg_pool2d(features, 4).flatten(1)), features
+
+
+class MobileNetV2(Layers):
+    GROUPS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),
+              (6, 320, 1, 1))
+
+    def __init__(self, num_classes, width=0.5):
+        super().__init__()
+        self.blocks = []
+        channels = int(32 * width)
+        self.add("conv1", nn.Conv2d(3, channels, 3, 2, 1, bias=False))
+        self.add("conv1_bn", nn.BatchNorm2d(channels))
+        for g, (t, c, n, s) in enumerate(self.GROUPS):
+            out = int(c * width)
+            for b in range(n):
+                p, stride, hidden = f"group{g}_block{b}", s if b == 0 else 1, channels * t
+                self.add(f"{p}_expand", nn.Conv2d(channels, hidden, 1, bias=False))
+                self.add(f"{p}_expand_bn", nn.BatchNorm2d(hidden))
+                self.add(f"{p}_depthwise", nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False))
+                self.add(f"{p}_depthwise_bn", nn.BatchNorm2d(hidden))
+                self.add(f"{p}_project", nn.Conv2d(hidden, out, 1, bias=False))
+                self.add(f"{p}_project_bn", nn.BatchNorm2d(out))
+                self.blocks.append((p, stride == 1 and channels == out))
+                channels = out
+        self.add("conv2", nn.Conv2d(channels, 1280, 1, bias=False))
+        self.add("conv2_bn", nn.BatchNorm2d(1280))
+        self.add("classifier", nn.Linear(1280, num_classes))
+
+    def forward(self, x):
+        x = F.relu(self["conv1_bn"](self["conv1"](x)))
+        for p, residual in self.blocks:
+            y = F.relu(self[f"{p}_expand_bn"](self[f"{p}_expand"](x)))
+            y = F.relu(self[f"{p}_depthwise_bn"](self[f"{p}_depthwise"](y)))
+            y = self[f"{p}_project_bn"](self[f"{p}_project"](y))
+            x = x + y if residual else y
+        features = F.relu(self["conv2_bn"](self["conv2"](x)))
+        pooled = F.avg_pool2d(features, features.shape[-1], ceil_mode=True).flatten(1)
+        return self["classifier"](pooled), features
+
+
 class FusionModule(Layers):
     def __init__(self, channels, fused_channels, num_classes):
         super().__init__()
@@ -224,6 +375,8 @@ def port(keras_layer_weights, module):
                     target.weight.copy_(torch.from_numpy(kernel.transpose(2, 3, 0, 1).copy()))
                 else:  # HWIO -> OIHW
                     target.weight.copy_(torch.from_numpy(kernel.transpose(3, 2, 0, 1).copy()))
+                if target.bias is not None:
+                    target.bias.copy_(torch.from_numpy(values[1]))
             elif isinstance(target, nn.BatchNorm2d):
                 gamma, beta, mean, variance = values
                 target.weight.copy_(torch.from_numpy(gamma))

@@ -1,5 +1,6 @@
 """Backbones by name: ``resnet{6n+2}`` (CIFAR ResNet), ``resnet18``/``resnet34`` (four-stage
-ResNet) and ``wrn{6n+4}_{k}`` (Wide ResNet).
+ResNet), ``wrn{6n+4}_{k}`` (Wide ResNet), ``densenet40_12`` (DenseNet-BC), ``vgg16`` and
+``vgg16_3fc``, ``shufflenetv2`` and ``mobilenetv2`` (RepDistiller's CIFAR variants).
 
 A backbone knows nothing of distillation.  For a method it gives either whole networks
 (independent sub-networks) or a shared trunk and duplicable heads::
@@ -15,7 +16,11 @@ Every network is a functional ``keras.Model`` from images to ``[logits, last fea
 from keras_ffl.backbones.base import Backbone
 from keras_ffl.backbones.base import MIDDLE_LAYER
 from keras_ffl.backbones.cifar_resnet import CifarResNet
+from keras_ffl.backbones.densenet import DenseNetBC
+from keras_ffl.backbones.mobilenet import MobileNetV2
 from keras_ffl.backbones.resnet import ResNet
+from keras_ffl.backbones.shufflenet import ShuffleNetV2
+from keras_ffl.backbones.vgg import VGG16
 from keras_ffl.backbones.wrn import WideResNet
 from keras_ffl.specs import parse_backbone
 
@@ -27,7 +32,17 @@ def get_backbone(name, sync_bn=False):
         return CifarResNet(spec.depth, sync_bn=sync_bn)
     if spec.family == "resnet4":
         return ResNet(spec.depth, sync_bn=sync_bn)
-    return WideResNet(spec.depth, spec.width, sync_bn=sync_bn)
+    if spec.family == "wrn":
+        return WideResNet(spec.depth, spec.width, sync_bn=sync_bn)
+    named = {
+        "densenet40_12": lambda: DenseNetBC(sync_bn=sync_bn),
+        "vgg16": lambda: VGG16("linear", sync_bn=sync_bn),
+        "vgg16_3fc": lambda: VGG16("3fc", sync_bn=sync_bn),
+        "shufflenetv2": lambda: ShuffleNetV2(sync_bn=sync_bn),
+        "mobilenetv2": lambda: MobileNetV2(0.5, sync_bn=sync_bn),
+        "mobilenetv2_w1": lambda: MobileNetV2(1.0, sync_bn=sync_bn),
+    }
+    return named[spec.named]()
 
 
 def build_network(backbone, input_shape, num_classes, name=None, sync_bn=False):
@@ -49,5 +64,5 @@ def build_branches(backbone, input_shape, num_classes, num_branches=2, split=Non
                    for k in range(num_branches)]
 
 
-__all__ = ["Backbone", "CifarResNet", "ResNet", "WideResNet", "MIDDLE_LAYER", "build_branches", "build_network",
-           "get_backbone"]
+__all__ = ["Backbone", "CifarResNet", "DenseNetBC", "MobileNetV2", "ResNet", "ShuffleNetV2", "VGG16", "WideResNet",
+           "MIDDLE_LAYER", "build_branches", "build_network", "get_backbone"]

@@ -1,0 +1,52 @@
+"""VGG-16 with BatchNorm for 32x32 images, as OKDDip, MCL-OKD and PCL build it.
+
+Every conv is 3x3 with a bias, then BN and ReLU: ``[64, 64, M, 128, 128, M, 256 x 3, M,
+512 x 3, M, 512 x 3, M]`` -> 512 x 1 x 1 -> the head.  Head ``vgg16``: ``Linear(512, C)``
+(MCL-OKD; 14,774,436 parameters at 100 classes); ``vgg16_3fc``: OKDDip's and PCL's
+``Linear(512, 512)-ReLU-Dropout-Linear(512, 512)-ReLU-Dropout-Linear(512, C)`` (dropout
+``dropout``, 0 by default as PCL; OKDDip's branches use 0.5).  Init: convs Kaiming-normal
+(fan_out), biases 0; linears N(0, 0.01), biases 0.  (RepDistiller's ``vgg16_bn`` pools
+differently, its last block at 4x4; not this one.)
+
+Splits: ``block4`` (the default: ONE/OKDDip/PCL share the first ten convs, 512 x 2 x 2; each
+branch has the last 512 block and the head) and ``block3`` (MCL-OKD and DML: both 512 blocks
+per branch).
+"""
+
+import keras
+from keras import layers
+
+from keras_ffl.backbones.base import Backbone, conv_initializer, conv_layer
+
+BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+def linear(units, name):
+    return layers.Dense(units, kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
+                        bias_initializer="zeros", name=name)
+
+
+class VGG16(Backbone):
+    num_segments = 5
+    split_points = {"block4": 4, "block3": 3}
+
+    def __init__(self, head="linear", dropout=0.0, sync_bn=False):
+        super().__init__(sync_bn)
+        self.head, self.dropout = head, dropout
+        self.name = "vgg16" if head == "linear" else "vgg16_3fc"
+
+    def segment(self, x, index, num_classes):
+        for j, filters in enumerate(BLOCKS[index]):
+            x = conv_layer(filters, 3, name=f"block{index + 1}_conv{j}", use_bias=True,
+                           initializer=conv_initializer())(x)
+            x = layers.ReLU(name=f"block{index + 1}_relu{j}")(self.bn(f"block{index + 1}_bn{j}")(x))
+        x = layers.MaxPooling2D(2, name=f"block{index + 1}_pool")(x)
+        if index < 4:
+            return x
+        features = x
+        y = layers.Flatten(name="flatten")(features)
+        if self.head == "3fc":
+            for k in (1, 2):
+                y = layers.ReLU(name=f"fc{k}_relu")(linear(512, f"fc{k}")(y))
+                y = layers.Dropout(self.dropout, name=f"fc{k}_dropout")(y)
+        return linear(num_classes, "classifier")(y), features
