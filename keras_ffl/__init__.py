@@ -11,7 +11,8 @@ flag validation) stays free of TensorFlow and JAX::
     model.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
     model.fit(x_train, y_train, epochs=300, batch_size=128)
 
-Methods: ``FFL``, ``DML``, ``ONE``, ``AFD``, ``FFCL``, ``Vanilla``, ``OfflineKD``.  Modules:
+Methods: ``FFL``, ``DML``, ``ONE``, ``AFD``, ``FFCL``, ``Vanilla``, ``OfflineKD``, and those
+users compare them with: ``CLILR``, ``OKDDip``, ``KDCL``, ``MCLOKD``, ``PCL``.  Modules:
 ``backbones``, ``losses``, ``layers``, ``zoo``, ``build`` (the command line's Config path).
 """
 
@@ -19,7 +20,8 @@ import importlib
 
 __version__ = "0.2.0"
 
-_METHODS = ("FFL", "DML", "ONE", "AFD", "FFCL", "Vanilla", "OfflineKD", "OnlineDistiller")
+_METHODS = ("FFL", "DML", "ONE", "AFD", "FFCL", "Vanilla", "OfflineKD", "CLILR", "OKDDip", "KDCL", "MCLOKD", "PCL",
+            "OnlineDistiller")
 _MODULES = ("backbones", "losses", "layers", "methods", "zoo", "build", "optimizers", "data", "export")
 
 __all__ = [*_METHODS, *_MODULES, "OptimizerGroup", "__version__"]

@@ -53,7 +53,30 @@ METHOD_OPTIONS = {
     "ffcl": _ffcl_options,
     "vanilla": lambda c: {},
     "kd": lambda c: dict(teacher=load_teacher(c.teacher_dir, c.teacher_part)),
+    "cl_ilr": lambda c: dict(preset=c.cl_ilr_preset),
+    "okddip": lambda c: dict(leader=c.okddip_leader),
+    "kdcl": lambda c: dict(teacher=c.kdcl_teacher, ce_weight=c.ce_weight, kd_weight=c.kd_weight),
+    "mcl_okd": lambda c: dict(memory_size=train_size_of(c), embed_dim=c.embed_dim, nce_k=c.nce_k, nce_t=c.nce_t,
+                              nce_m=c.nce_m, ce_weight=c.ce_weight, kd_weight=c.kd_weight,
+                              contrastive_weight=c.contrastive_weight),
+    "pcl": lambda c: dict(ema_decay=c.ema_decay),
 }
+
+#: method -> Config -> what it asks of its training batches (``keras_ffl.data.load_data``).
+DATA_NEEDS = {
+    "kdcl": lambda c: dict(views=c.num_branches),
+    "pcl": lambda c: dict(views=c.num_branches),
+    "mcl_okd": lambda c: dict(with_index=True, negatives=c.nce_k),
+}
+
+
+def train_size_of(config):
+    """How many examples training sees (MCL-OKD's memory rows), known from the Config alone."""
+    spec = config.dataset_spec
+    size = spec.train_size or 1024  # generated data: 1024 unless --train_examples
+    size = min(config.train_examples, size) if config.train_examples and spec.train_size else \
+        (config.train_examples or size)
+    return size - config.kdcl_holdout
 
 
 def _afd_compile_extras(c, steps_per_epoch):
@@ -81,30 +104,54 @@ WARM_STARTS = {"ffcl": _ffcl_warm_start}
 
 
 # --------------------------------------------------------------------- the model
+def trunk_split(config):
+    """The split point a shared trunk ends at: ``--split``, else MCL-OKD's early one, else the
+    backbone's default (ONE's)."""
+    from keras_ffl.specs import early_split
+
+    split = config.split or ("early" if config.method == "mcl_okd" else "")
+    return early_split(config.backbones[0]) if split == "early" else (split or None)
+
+
 def build_subnetworks(config, num_classes, image_shape):
-    """Returns ``(trunk or None, [branch models])`` for a validated Config."""
+    """``{"trunk": model or None, "branches": [models]}`` (plus CL-ILR's tree ``"middles"``)."""
+    from keras_ffl.specs import early_split
+
     names = config.branch_backbones
     sync_bn = use_sync_bn(config)
-    if config.topology == "shared":
-        backbone = get_backbone(names[0], sync_bn=sync_bn)
-        trunk = backbone.build_trunk(image_shape, name="trunk")
-        trunk_shape = tuple(trunk.output.shape[1:])
-        branches = [backbone.build_head(trunk_shape, num_classes, name=f"net{k}") for k in range(len(names))]
-        return trunk, branches
-    branches = [
-        get_backbone(name, sync_bn=sync_bn).build_network(image_shape, num_classes, name=f"net{k}")
-        for k, name in enumerate(names)
-    ]
-    return None, branches
+    if config.topology != "shared":
+        return {"trunk": None, "branches": [
+            get_backbone(name, sync_bn=sync_bn).build_network(image_shape, num_classes, name=f"net{k}")
+            for k, name in enumerate(names)]}
+    backbone = get_backbone(names[0], sync_bn=sync_bn)
+    if config.method == "cl_ilr" and config.cl_ilr_preset == "mcl_okd":  # the hierarchy of forks
+        early = early_split(names[0])
+        root = backbone.build_trunk(image_shape, name="trunk", split=early)
+        root_shape = tuple(root.output.shape[1:])
+        default = backbone.default_split(image_shape)
+        middles = [backbone.build_segment(root_shape, early, default, f"middle{b}", image_shape)
+                   for b in range(-(-len(names) // 2))]
+        middle_shape = tuple(middles[0].output.shape[1:])
+        branches = [backbone.build_head(middle_shape, num_classes, name=f"net{k}", split=default,
+                                        input_shape=image_shape) for k in range(len(names))]
+        return {"trunk": root, "branches": branches, "middles": middles}
+    split = trunk_split(config)
+    trunk = backbone.build_trunk(image_shape, name="trunk", split=split)
+    trunk_shape = tuple(trunk.output.shape[1:])
+    branches = [backbone.build_head(trunk_shape, num_classes, name=f"net{k}", split=split, input_shape=image_shape)
+                for k in range(len(names))]
+    return {"trunk": trunk, "branches": branches}
 
 
 def build_model(config, num_classes, image_shape):
     """The method model of a Config, every variable created."""
-    trunk, branches = build_subnetworks(config, num_classes, image_shape)
+    networks = build_subnetworks(config, num_classes, image_shape)
+    branches, trunk = networks.pop("branches"), networks.pop("trunk")
     return METHODS[config.method](
         branches,
         num_classes,
         trunk=trunk,
+        **networks,
         temperature=config.temperature,
         rampup_epochs=config.rampup_epochs,
         weight_decay=config.weight_decay,
@@ -126,7 +173,12 @@ def step_schedule(base_lr, milestones, gamma, steps_per_epoch):
 
 def build_optimizer(config, steps_per_epoch):
     """The networks' SGD (all methods)."""
-    schedule = step_schedule(config.lr, config.lr_milestones, config.lr_gamma, steps_per_epoch)
+    if config.lr_schedule == "cosine":
+        from keras_ffl.optimizers import EpochCosineDecay
+
+        schedule = EpochCosineDecay(config.lr, config.epochs, steps_per_epoch)
+    else:
+        schedule = step_schedule(config.lr, config.lr_milestones, config.lr_gamma, steps_per_epoch)
     return keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum, nesterov=config.nesterov)
 
 
@@ -212,8 +264,8 @@ def build(config, splits=("train", "test"), shard=(0, 1)):
     process's (index, count) where several processes feed one data-parallel step (JAX)."""
     from keras_ffl.data import load_data
 
-    method = METHODS[config.method]
-    data = load_data(config, splits, views=method.input_views, with_index=method.needs_example_index, shard=shard)
+    needs = DATA_NEEDS.get(config.method)
+    data = load_data(config, splits, shard=shard, **(needs(config) if needs else {}))
     model = build_model(config, data.num_classes, data.image_shape)
     compile_model(model, config, max(data.steps_per_epoch, 1))
     return model, data

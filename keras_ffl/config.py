@@ -45,6 +45,7 @@ class Config:
     lr: float = 0.1
     lr_milestones: tuple = (150, 225)
     lr_gamma: float = 0.1
+    lr_schedule: str = "step"
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
@@ -74,6 +75,26 @@ class Config:
     fusion_layer: str = "middle"
     pretrained_dir: str = ""
     pretrain_epochs: int = 0
+    # Where shared-trunk methods split the network ("" = the method's own choice).
+    split: str = ""
+    # CL-ILR.
+    cl_ilr_preset: str = "mcl_okd"
+    # OKDDip.
+    okddip_leader: bool = True
+    # KDCL and MCL-OKD: loss weights.
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+    # KDCL.
+    kdcl_teacher: str = "minlogit"
+    kdcl_holdout: int = 0
+    # MCL-OKD.
+    nce_k: int = 16384
+    nce_t: float = 0.1
+    nce_m: float = 0.5
+    embed_dim: int = 128
+    contrastive_weight: float = 0.025
+    # PCL.
+    ema_decay: float = 0.999
     # Initialisation.
     init_dir: str = ""
     # Run.
@@ -143,6 +164,7 @@ class Config:
             )
         if c.method == "kd":
             check_teacher(c)
+        check_comparison_methods(c, canonical, topology)
         if c.method == "ffcl":
             if not (c.feature_knowledge or c.response_knowledge or c.regularization_knowledge):
                 raise ConfigError(
@@ -162,7 +184,7 @@ class Config:
             if value <= 0:
                 raise ConfigError(f"--{name} must be positive, got {value}")
         for name in ("train_examples", "test_examples", "steps_per_epoch", "validation_freq", "rampup_epochs",
-                     "fusion_channels", "pretrain_epochs"):
+                     "fusion_channels", "pretrain_epochs", "kdcl_holdout"):
             if getattr(c, name) < 0:
                 raise ConfigError(f"--{name} must be >= 0, got {getattr(c, name)}")
         if c.lr <= 0 or c.temperature <= 0:
@@ -269,6 +291,36 @@ class Config:
             for f in dataclasses.fields(self)
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
         ]
+
+
+def check_comparison_methods(c, backbones, topology):
+    """Settings of CL-ILR, OKDDip, KDCL, MCL-OKD and PCL, and the trunk split."""
+    if c.split:
+        if topology != "shared":
+            raise ConfigError("--split places a shared trunk: it needs --topology=shared")
+        if c.method == "cl_ilr":
+            raise ConfigError("--split: CL-ILR's presets place their forks (ONE's split; the tree also the early one)")
+        allowed = specs.split_names(backbones[0])
+        if c.split != "early" and c.split not in allowed:
+            raise ConfigError(f"--split={c.split}: {backbones[0]} splits at {', '.join(allowed)} or 'early'")
+    streamed = specs.DATASETS[c.dataset].shuffle_window > 0 if c.dataset in specs.DATASETS else False
+    if c.method in ("kdcl", "pcl", "mcl_okd") and streamed:
+        raise ConfigError(f"--method={c.method} needs per-example views or indices, which the in-memory pipeline "
+                          f"gives: {c.dataset} is streamed")
+    if c.method == "kdcl":
+        if c.kdcl_teacher == "general" and c.kdcl_holdout <= 0:
+            raise ConfigError("--kdcl_teacher=general needs --kdcl_holdout, the training images held out to weigh "
+                              "the networks")
+        if c.kdcl_teacher != "general" and c.kdcl_holdout:
+            raise ConfigError("--kdcl_holdout is for --kdcl_teacher=general")
+    elif c.kdcl_holdout:
+        raise ConfigError("--kdcl_holdout is for --method=kdcl")
+    if c.ce_weight < 0 or c.kd_weight < 0 or c.contrastive_weight < 0:
+        raise ConfigError("--ce_weight, --kd_weight and --contrastive_weight must be >= 0")
+    if c.nce_k < 1 or c.nce_t <= 0 or not 0 <= c.nce_m < 1 or c.embed_dim < 1:
+        raise ConfigError("MCL-OKD needs --nce_k >= 1, --nce_t > 0, 0 <= --nce_m < 1 and --embed_dim >= 1")
+    if not 0 <= c.ema_decay < 1:
+        raise ConfigError(f"--ema_decay must be in [0, 1), got {c.ema_decay}")
 
 
 def cluster_json(worker_hosts, task_index):
@@ -388,6 +440,9 @@ _ENUMS = {
     "fusion": ("module", "average"),
     "dml_update": ("synchronous", "sequential"),
     "afd_mode": ("full", "adversarial", "kd", "l1", "l1_kd"),
+    "lr_schedule": ("step", "cosine"),
+    "cl_ilr_preset": ("mcl_okd", "okddip"),
+    "kdcl_teacher": ("minlogit", "naive", "linear", "general"),
     "fusion_layer": ("middle", "last"),
     "strategy": ("default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16", "float64"),
@@ -418,6 +473,8 @@ _HELP = {
     "lr": "Initial SGD learning rate.",
     "lr_milestones": "Epochs at which the learning rate is multiplied by --lr_gamma.",
     "lr_gamma": "Learning-rate decay factor at each milestone.",
+    "lr_schedule": "step: x lr_gamma at each of --lr_milestones; cosine: 0.5 lr (1 + cos(pi e / epochs)) set at the "
+    "start of each epoch e (MCL-OKD's and its CL-ILR's single SGDR cycle).",
     "momentum": "SGD momentum.",
     "nesterov": "Nesterov momentum (FFL code: on).",
     "weight_decay": "PyTorch-style L2 on every network weight, BN and biases included.",
@@ -448,6 +505,26 @@ _HELP = {
     "pretrained_dir": "FFCL: a finished run (vanilla, same backbones and data) whose net_k teaches peer k "
     "(default: <model_dir>/pretrain, trained first by the same command when missing).",
     "pretrain_epochs": "FFCL: epochs of the pre-training stage (0 = --epochs), same schedule otherwise.",
+    "split": "Where shared-trunk methods split the network: a backbone split point (resnet: stage1/stage2, "
+    "densenet40_12: trans1/trans2, vgg16: block3/block4, shufflenetv2: layer1/layer2, mobilenetv2: group2/group4, "
+    "resnet18/34: stage1-3), 'early', or '' for the method's own (ONE's; MCL-OKD's early one).",
+    "cl_ilr_preset": "CL-ILR reading: mcl_okd (tree sharing, detached targets, 0.5 CE + 0.5 KL, no +1e-7; the "
+    "paper's beta) or okddip (flat sharing, undetached targets, 1:1, the FFL/ONE KL); T and ramp-up from their flags.",
+    "okddip_leader": "OKDDip: the last branch is the group leader (off: every branch is an attention peer, the code's "
+    "en=True).",
+    "ce_weight": "KDCL and MCL-OKD: weight of each cross-entropy term (MCL-OKD's gamma).",
+    "kd_weight": "KDCL: weight of each network's KL to the teacher (lambda); MCL-OKD: of the last branch's KL to "
+    "the ensemble (alpha).",
+    "kdcl_teacher": "KDCL teacher: minlogit, naive, linear (simplex weights per batch) or general (Perrone-Cooper "
+    "weights from --kdcl_holdout held-out training images, refreshed every epoch).",
+    "kdcl_holdout": "KDCL general: training images held out (and not trained on) to estimate the teacher's weights.",
+    "nce_k": "MCL-OKD: negatives per example (the code's default 16384; its README uses 256 for ResNet-32/110 and "
+    "DenseNet-40-12).",
+    "nce_t": "MCL-OKD: contrastive temperature tau.",
+    "nce_m": "MCL-OKD: memory-bank momentum.",
+    "embed_dim": "MCL-OKD: embedding dimension.",
+    "contrastive_weight": "MCL-OKD: weight beta of the contrastive loss.",
+    "ema_decay": "PCL: the temporal mean's decay (the rate is min(1 - 1/(step + 1), ema_decay)).",
     "init_dir": "Start sub-network k from network k of a finished run (same backbones and dataset, "
     "independent networks, e.g. a vanilla run): the AFD paper's ImageNet runs start from pre-trained networks.",
     "backend": "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else tensorflow). Weights are "

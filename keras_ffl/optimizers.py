@@ -103,3 +103,24 @@ class OptimizerGroup(keras.optimizers.Optimizer):
             for role, member in config.pop("members").items()
         }
         return cls(members, **{k: v for k, v in config.items() if k == "name"})
+
+
+@keras.saving.register_keras_serializable(package="keras_ffl")
+class EpochCosineDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """``0.5 * lr * (1 + cos(pi * e / epochs))`` for the whole of epoch e (set at its start, as
+    MCL-OKD's ``adjust_lr`` does with one SGDR cycle of ``epochs``), counted in optimiser
+    iterations so that a restored optimiser resumes it."""
+
+    def __init__(self, initial_learning_rate, epochs, steps_per_epoch):
+        self.initial_learning_rate = float(initial_learning_rate)
+        self.epochs, self.steps_per_epoch = int(epochs), int(steps_per_epoch)
+
+    def __call__(self, step):
+        from keras import ops
+
+        epoch = ops.floor(ops.cast(step, "float32") / float(self.steps_per_epoch))
+        return 0.5 * self.initial_learning_rate * (1.0 + ops.cos(3.141592653589793 * epoch / float(self.epochs)))
+
+    def get_config(self):
+        return {"initial_learning_rate": self.initial_learning_rate, "epochs": self.epochs,
+                "steps_per_epoch": self.steps_per_epoch}

@@ -74,6 +74,27 @@ def parse_backbone(name):
     raise ValueError(f"unknown backbone '{name}': expected {BACKBONE_FORMS}")
 
 
+#: Where each backbone family can be split for a shared trunk: its split points (ONE's split
+#: first, the default), and the earlier one MCL-OKD and CL-ILR's hierarchy use.
+SPLITS = {
+    "resnet": (("stage2", "stage1"), "stage1"),
+    "wrn": (("stage2", "stage1"), "stage1"),
+    "resnet4": (("stage3", "stage2", "stage1"), "stage2"),
+    "densenet": (("trans2", "trans1"), "trans1"),
+    "vgg": (("block4", "block3"), "block3"),
+    "shufflenet": (("layer2", "layer1"), "layer1"),
+    "mobilenet": (("group4", "group2"), "group2"),
+}
+
+
+def split_names(backbone):
+    return SPLITS[parse_backbone(backbone).family][0]
+
+
+def early_split(backbone):
+    return SPLITS[parse_backbone(backbone).family][1]
+
+
 @dataclasses.dataclass(frozen=True)
 class MethodSpec:
     topologies: tuple  # the sub-network layouts it supports; the first is what "auto" prefers
@@ -92,6 +113,11 @@ METHODS = {
     # (keras_ffl.bench's overhead figure); independent networks are the baseline's default.
     "vanilla": MethodSpec(topologies=("independent", "shared"), min_branches=1),
     "kd": MethodSpec(topologies=("independent",), min_branches=1, default_branches=1),
+    "cl_ilr": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=4),
+    "okddip": MethodSpec(topologies=("shared",), min_branches=3, same_architecture=True, default_branches=4),
+    "kdcl": MethodSpec(topologies=("independent",)),
+    "mcl_okd": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=4),
+    "pcl": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=3),
 }
 
 

@@ -99,11 +99,12 @@ class EvaluationBatches:
         return Batches()
 
 
-def load_data(config, splits=("train", "test"), views=1, with_index=False, shard=(0, 1)):
+def load_data(config, splits=("train", "test"), views=1, with_index=False, shard=(0, 1), negatives=0):
     """Builds the pipelines for a validated ``Config``; raises DataError on unreadable data.
 
     ``views`` and ``with_index`` are what a method asks of its inputs (several augmented
-    copies of each image, each example's index).  ``shard`` = (index, count): where several
+    copies of each image, each example's index, k contrast negatives per example).  ``shard`` =
+    (index, count): where several
     processes feed one data-parallel step (JAX multi-process), this process's contiguous
     share of every global batch (tf.distribute splits batches itself)."""
     spec = config.dataset_spec
@@ -117,7 +118,8 @@ def load_data(config, splits=("train", "test"), views=1, with_index=False, shard
         train_size = len(labels)
         steps = steps_for(config, train_size)
         recipe = augment.PadCropFlip() if config.augment else None
-        batches = EpochBatches(images, labels, config.seed, mean, std, recipe, views, with_index)
+        batches = EpochBatches(images, labels, config.seed, mean, std, recipe, views, with_index,
+                               negatives=negatives)
         if uses_tf_data():
             from keras_ffl.data.tf_pipeline import in_memory_training
 

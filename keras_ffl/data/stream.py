@@ -23,7 +23,7 @@ from keras_ffl.data import augment
 
 #: Key words of the generator: (seed, epoch, stream); streams keep the order and the
 #: augmentation draws independent.
-ORDER, AUGMENT, VIEWS = 0, 1, 2
+ORDER, AUGMENT, VIEWS, NEGATIVES = 0, 1, 2, 3
 
 
 def generator(seed, epoch, stream, view=0):
@@ -38,14 +38,25 @@ class EpochBatches:
 
     ``recipe`` is an ``augment.Recipe`` (or None: no augmentation); ``views`` > 1 gives each
     example that many independently augmented copies (KDCL, PCL), ``with_index`` adds each
-    example's index in the dataset (MCL-OKD's memory bank).  Inputs are then a dict
-    ``{"images": [B, H, W, C], "views": [B, V, H, W, C], "index": [B]}``.
+    example's index in the dataset (MCL-OKD's memory bank) and ``negatives`` = k adds its
+    contrast indices: the index, then k examples of other classes drawn uniformly (without
+    replacement unless k exceeds them: CRD's "exact" sampling), keyed by the example's
+    position like every other draw.  Inputs are then a dict ``{"images": [B, H, W, C],
+    "views": [B, V, H, W, C], "index": [B], "contrast": [B, k + 1]}``.
     """
 
-    def __init__(self, images, labels, seed, mean, std, recipe=None, views=1, with_index=False, shuffle=True):
+    def __init__(self, images, labels, seed, mean, std, recipe=None, views=1, with_index=False, shuffle=True,
+                 negatives=0):
         self.images, self.labels = images, np.asarray(labels, np.int64)
         self.seed, self.mean, self.std = seed, mean, std
-        self.recipe, self.views, self.with_index, self.shuffle = recipe, views, with_index, shuffle
+        self.recipe, self.views, self.shuffle = recipe, views, shuffle
+        self.negatives = int(negatives)
+        self.with_index = with_index or self.negatives > 0
+        if self.negatives:
+            self.by_class = np.argsort(self.labels, kind="stable")
+            counts = np.bincount(self.labels)
+            self.class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+            self.class_count = counts
         self._plans = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -92,7 +103,20 @@ class EpochBatches:
             inputs["views"] = np.stack(images, axis=1)
         if self.with_index:
             inputs["index"] = index
+        if self.negatives:
+            inputs["contrast"] = np.stack([self.contrast(int(epoch), p, i) for p, i in zip(positions, index)])
         return inputs, labels
+
+    def contrast(self, epoch, position, index):
+        """``[index, k negatives]``: examples of other classes, uniformly, for the example at
+        ``position`` of ``epoch``."""
+        label = self.labels[index]
+        start, count = self.class_start[label], self.class_count[label]
+        pool = self.size - count
+        rng = generator(self.seed, epoch, NEGATIVES, position)
+        drawn = rng.choice(pool, size=self.negatives, replace=self.negatives > pool)
+        drawn = np.where(drawn < start, drawn, drawn + count)  # skip the example's own class block
+        return np.concatenate([[index], self.by_class[drawn]])
 
     def epoch_positions(self, batch_size, steps):
         """Position ranges of the ``steps`` batches of one epoch (the last may be short)."""

@@ -106,6 +106,9 @@ def train_step(model, state, data):
     if isinstance(model.optimizer, OptimizerGroup):
         position = o_index[id(model.optimizer._iterations)]
         optimizer_values[position] = optimizer_values[position] + 1
+    with keras.StatelessScope(state_mapping=list(zip(t_vars, trainable)) + list(zip(nt_vars, non_trainable))) as scope:
+        model.after_step(outputs)
+    non_trainable = [scope.get_current_value(v) for v in nt_vars]
     logs, metrics_values = report(model, outputs, labels, terms, non_trainable, metrics_values)
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
 
@@ -128,3 +131,16 @@ def report(model, outputs, labels, terms, non_trainable, metrics_values):
     with keras.StatelessScope(state_mapping=mapping) as scope:
         logs = model.update_metrics(outputs, labels, terms)
     return logs, [scope.get_current_value(v) for v in metric_vars]
+
+
+# A jitted step computes on the global batch: nothing to gather or reduce across devices.
+def all_gather(value):
+    return value
+
+
+def global_mean(value):
+    return ops.mean(value)
+
+
+def cross_replica(function):
+    return function()

@@ -46,7 +46,38 @@ def train_step(model, data):
             applied.add(id(optimizer))
     if isinstance(model.optimizer, OptimizerGroup):
         model.optimizer.iterations.assign_add(1)
+    model.after_step(outputs)
     return report(model, outputs, labels, terms)
+
+
+def replicas():
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def all_gather(value):
+    """``value`` of every replica, concatenated along the batch (replica order)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or replicas() == 1:
+        return value
+    return context.all_gather(value, axis=0)
+
+
+def global_mean(value):
+    """The mean of ``value`` over the global batch (every element of every replica)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or replicas() == 1:
+        return tf.reduce_mean(value)
+    total = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.reduce_sum(value))
+    count = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.cast(tf.size(value), value.dtype))
+    return total / count
+
+
+def cross_replica(function):
+    """Runs ``function()`` once for all replicas (assignments reach every copy)."""
+    context = tf.distribute.get_replica_context()
+    if context is None or replicas() == 1:
+        return function()
+    return context.merge_call(lambda strategy: function())
 
 
 def test_step(model, data):

@@ -37,6 +37,7 @@ def train_step(model, data):
     if isinstance(model.optimizer, OptimizerGroup):
         model.optimizer.iterations.assign(model.optimizer.iterations + 1)
     with torch.no_grad():
+        model.after_step({k: v for k, v in outputs.items()})
         return model.update_metrics(outputs, labels, {n: v.detach() for n, v in terms.items()})
 
 
@@ -45,3 +46,15 @@ def test_step(model, data):
     with torch.no_grad():
         outputs = model.forward(inputs, training=False)
         return model.update_metrics(outputs, labels, model.compute_losses(outputs, labels))
+
+
+def all_gather(value):
+    return value
+
+
+def global_mean(value):
+    return ops.mean(value)
+
+
+def cross_replica(function):
+    return function()

@@ -81,10 +81,6 @@ class OnlineDistiller(keras.Model):
     needs_trunk = False
     #: The fewest sub-networks the method makes sense with.
     min_branches = 2
-    #: Independently augmented copies of each image the method trains on (inputs then carry
-    #: ``"views"`` [B, V, H, W, C]), and whether it needs each example's index (``"index"``).
-    input_views = 1
-    needs_example_index = False
 
     def __init_subclass__(cls, **kwargs):
         """Wraps each subclass's ``__init__`` so that the model is built (every variable
@@ -160,9 +156,12 @@ class OnlineDistiller(keras.Model):
         first = self.trunk if self.trunk is not None else self.branches[0]
         return tuple(first.inputs[0].shape[1:])
 
-    def example_inputs(self, batch_size):
-        """A dummy input batch (what ``call`` takes)."""
+    def example_images(self, batch_size):
         return np.zeros((batch_size, *self.image_shape), dtype="float32")
+
+    def example_inputs(self, batch_size):
+        """A dummy input batch (what ``call`` takes in training)."""
+        return self.example_images(batch_size)
 
     def build(self, input_shape=None):
         # Built in the constructor; Keras's loader calls this with the saved input shape.
@@ -224,13 +223,20 @@ class OnlineDistiller(keras.Model):
             return inputs["images"], {k: v for k, v in inputs.items() if k != "images"}
         return inputs, {}
 
+    def branch_inputs(self, images, extras, training):
+        """``(shared, [what branch k sees])``: the trunk's output, given to every branch.
+        Methods with another topology (hierarchical sharing, one augmented view per network)
+        override this; ``subnetwork`` follows it too."""
+        shared = self.trunk(images, training=training) if self.trunk is not None else images
+        return shared, [shared] * len(self.branches)
+
     def forward(self, inputs, training=False):
         """Everything a loss may need: per-net logits and feature maps, ensemble, teachers."""
         images, extras = self.split_inputs(inputs)
-        shared = self.trunk(images, training=training) if self.trunk is not None else images
+        shared, branch_inputs = self.branch_inputs(images, extras, training)
         logits, features, taps = [], [], []
-        for branch in self.forward_branches():
-            z, f, *extra = branch(shared, training=training)
+        for branch, x in zip(self.forward_branches(), branch_inputs):
+            z, f, *extra = branch(x, training=training)
             logits.append(as_float(z))
             features.append(f)
             taps.append(extra)
@@ -262,13 +268,13 @@ class OnlineDistiller(keras.Model):
         if not 0 <= index < len(self.branches):
             raise ValueError(f"{self.name} has sub-networks 0..{len(self.branches) - 1}, not {index}")
         inputs = keras.Input(shape=self.image_shape, name="images")
-        x = self.trunk(inputs) if self.trunk is not None else inputs
-        logits = self.branches[index](x)[0]
+        _, branch_inputs = self.branch_inputs(inputs, {}, False)
+        logits = self.branches[index](branch_inputs[index])[0]
         return self.standalone(keras.Model(inputs, logits, name=f"net{index}"))
 
     def standalone(self, model):
         """A part model, called once so that Keras's ``export`` takes it as it is."""
-        model(self.example_inputs(1))
+        model(self.example_images(1))
         return model
 
     def part(self, name):
@@ -288,6 +294,10 @@ class OnlineDistiller(keras.Model):
     def standalone_part(self, name):
         """A method's own smaller model for one of its parts (FFCL's frozen copies), or None."""
         return None
+
+    def after_step(self, outputs):
+        """State a method updates after its optimisers' step, outside any gradient (PCL's
+        temporal mean, MCL-OKD's memory banks): assign to its variables here."""
 
     # --------------------------------------------------------------- loss plumbing
     def rampup(self):
