@@ -2,8 +2,10 @@
 
     KERAS_BACKEND=jax python tests/backend_step.py CASES.json
 
-CASES.json lists ``{"overrides": {...Config fields...}, "weights": path, "batch": npz path,
-"output": npz path, "dtype": "float32" | "float64", "data_parallel": devices (JAX)}``.  Each case builds the method exactly as
+CASES.json lists ``{"overrides": {...Config fields...}, "weights": path, "batch": npz path (``in_*``
+inputs, ``y`` labels),
+"output": npz path, "dtype": "float32" | "float64", "data_parallel": devices (JAX)}``; ``"steps":
+[{"batch", "output"}, ...]`` runs several batches through one model, each from the initial state.  Each case builds the method exactly as
 the command line does (``keras_ffl.build``), loads the initial weights *and optimiser state*
 (a backend-neutral ``.weights.h5``), takes one ``train_on_batch`` step and writes the logged
 losses, every weight and every optimiser variable to its output file.  The backend tests run
@@ -32,6 +34,7 @@ def run_case(case):
     from keras_ffl.build import build_model, compile_model
 
     keras.mixed_precision.set_global_policy(case.get("dtype", "float32"))
+    steps = case.get("steps") or [dict(batch=case["batch"], output=case["output"])]
     if case.get("data_parallel"):  # every local device (JAX: keras.distribution)
         import jax
 
@@ -39,13 +42,16 @@ def run_case(case):
         assert len(jax.devices()) == case["data_parallel"]
     try:
         config = tiny_config(**case["overrides"])
-        batch = np.load(case["batch"])
-        model = build_model(config, 10, batch["x"].shape[1:])
+        model = build_model(config, 10, (32, 32, 3))
         compile_model(model, config, 4)
-        model.load_weights(case["weights"])
-        model.epoch.assign(float(case.get("epoch", 0)))
-        logs = model.train_on_batch(batch["x"], batch["y"], return_dict=True)
-        np.savez(case["output"], **state_arrays(model, logs))
+        for step in steps:  # each from the same initial state, through the one compiled step
+            batch = np.load(step["batch"])
+            inputs = {k[len("in_"):]: batch[k] for k in batch.files if k.startswith("in_")}
+            inputs = inputs["images"] if list(inputs) == ["images"] else inputs
+            model.load_weights(case["weights"])
+            model.epoch.assign(float(case.get("epoch", 0)))
+            logs = model.train_on_batch(inputs, batch["y"], return_dict=True)
+            np.savez(step["output"], **state_arrays(model, logs))
     finally:
         keras.mixed_precision.set_global_policy("float32")
         if case.get("data_parallel"):
@@ -55,8 +61,13 @@ def run_case(case):
 def main(path):
     with open(path) as f:
         cases = json.load(f)
+    import time
+
     for case in cases:
+        started = time.time()
         run_case(case)
+        if os.environ.get("KERAS_FFL_TIMING"):
+            print(f"{case['output']}: {time.time() - started:.1f} s", file=sys.stderr)
 
 
 if __name__ == "__main__":

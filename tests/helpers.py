@@ -116,3 +116,26 @@ def kl_scales(names, temperature, num_classes):
     import math
 
     return {n: temperature ** 2 * math.log(num_classes) for n in names if "kd_" in n}
+
+
+def method_inputs(config, images, nce_seed=0):
+    """What a method trains on for a batch of ``images``: the images, or the dict of views,
+    indices and contrast negatives its data pipeline would give (deterministic)."""
+    if config.method in ("kdcl", "pcl"):
+        variants = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
+        return {"images": images, "views": np.stack([variants[k % 4] for k in range(config.num_branches)], axis=1)}
+    if config.method == "mcl_okd":
+        from keras_ffl.build import train_size_of
+
+        size = train_size_of(config)
+        index = np.arange(len(images)) % size
+        rng = np.random.default_rng(nce_seed)
+        negatives = rng.integers(0, size, (len(images), config.nce_k))
+        return {"images": images, "index": index, "contrast": np.concatenate([index[:, None], negatives], axis=1)}
+    return images
+
+
+def reverse_batch(inputs):
+    if isinstance(inputs, dict):
+        return {k: v[::-1].copy() for k, v in inputs.items()}
+    return inputs[::-1].copy()

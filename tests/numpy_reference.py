@@ -114,3 +114,69 @@ def ffcl_terms(logits, fused, pretrained, labels, temperature, fk=True, rk=True,
     if nrk:
         terms.update({f"kd_nrk_net{i}": distillation_kl(z, pretrained[i], temperature) for i, z in enumerate(logits)})
     return terms
+
+
+def kl_rows(student, teacher, temperature, eps=1e-7):
+    """Per-example KL(teacher || student) at T, times T^2; eps = 0: the textbook form."""
+    t = softmax(np.asarray(teacher, np.float64) / temperature) + eps
+    return temperature**2 * (t * (np.log(t) - log_softmax(np.asarray(student, np.float64) / temperature))).sum(-1)
+
+
+def cl_ilr_terms(logits, labels, temperature, eps):
+    """CL-ILR: each head's CE, and its KL to the mean of the other heads' logits."""
+    k = len(logits)
+    terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
+    for i in range(k):
+        others = sum(np.asarray(logits[j], np.float64) for j in range(k) if j != i) / (k - 1)
+        terms[f"kd_net{i}"] = float(kl_rows(logits[i], others, temperature, eps).mean())
+    return terms
+
+
+def okddip_terms(logits, pooled, w_query, w_key, labels, temperature, leader=True):
+    """OKDDip: attention targets t_i = sum_j softmax_j(q_i . k_j) z_j over the peers; the leader
+    (last) learns from the peers' mean."""
+    peers = len(logits) - (1 if leader else 0)
+    q = [np.asarray(pooled[i], np.float64) @ w_query for i in range(peers)]  # [B, d']
+    key = [np.asarray(pooled[j], np.float64) @ w_key for j in range(peers)]
+    terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
+    for i in range(peers):
+        scores = np.stack([(q[i] * key[j]).sum(-1) for j in range(peers)], axis=1)  # [B, peers]
+        weights = softmax(scores)
+        target = sum(weights[:, j:j + 1] * np.asarray(logits[j], np.float64) for j in range(peers))
+        terms[f"kd_net{i}"] = float(kl_rows(logits[i], target, temperature).mean())
+    if leader:
+        mean = sum(np.asarray(logits[j], np.float64) for j in range(peers)) / peers
+        terms[f"kd_net{len(logits) - 1}"] = float(kl_rows(logits[-1], mean, temperature).mean())
+    return terms
+
+
+def kdcl_minlogit(logits, labels):
+    z = np.stack([np.asarray(x, np.float64) for x in logits])  # [K, B, C]
+    true = z[:, np.arange(z.shape[1]), labels]  # [K, B]
+    return (z - true[:, :, None]).min(axis=0)
+
+
+def mcl_contrastive(memory_rows, embeddings, memory_size, tau, eps=1e-7):
+    """One ordered pair's per-example loss (CRD's NCE with a per-batch normaliser)."""
+    scores = np.exp(np.einsum("bjd,bd->bj", memory_rows, embeddings) / tau)
+    p = scores / (scores.mean() * memory_size)
+    m, noise = p.shape[1] - 1, (p.shape[1] - 1) / memory_size
+    return -(np.log(p[:, 0] / (p[:, 0] + noise + eps)) + np.log(noise / (p[:, 1:] + noise + eps)).sum(1))
+
+
+def mcl_memory_update(memory, indices, embeddings, momentum):
+    memory = np.array(memory, np.float64)
+    rows = memory[indices] * momentum + embeddings * (1 - momentum)
+    memory[indices] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+    return memory
+
+
+def pcl_terms(logits, ensemble, ema_logits, labels, temperature):
+    k = len(logits)
+    terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
+    terms["ce_peer_ensemble"] = cross_entropy(ensemble, labels)
+    terms.update({f"kd_pe_net{i}": float(kl_rows(z, ensemble, temperature).mean()) for i, z in enumerate(logits)})
+    for i in range(k):
+        terms[f"kd_pm_net{i}"] = float(np.mean([kl_rows(logits[i], ema_logits[j], temperature).mean()
+                                                for j in range(k) if j != i]))
+    return terms

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_within_float32_noise, kl_scales, random_batch, tiny_config
+from helpers import assert_within_float32_noise, kl_scales, method_inputs, random_batch, reverse_batch, tiny_config
 from keras_ffl.build import build_model, compile_model
 
 
@@ -28,8 +28,9 @@ def mirrored():
 
 
 def run_steps(strategy, config, weights, x, y, steps):
+    x = method_inputs(config, x) if not isinstance(x, dict) else x
     with strategy.scope():
-        model = build_model(config, 10, x.shape[1:])
+        model = build_model(config, 10, (32, 32, 3))
         compile_model(model, config, 10)
         if weights is not None:
             model.set_weights(weights)
@@ -50,8 +51,9 @@ def single_and_mirrored(mirrored, overrides, sync_bn=True, steps=2, noise=False)
     _, hist2, model2 = run_steps(mirrored, config2, initial, x, y, steps)
     runs = [(hist1, model1), (hist2, model2)]
     if noise:
-        _, hist_r, model_r = run_steps(tf.distribute.get_strategy(), tiny_config(**base), initial, x[::-1], y[::-1],
-                                       steps)
+        reversed_inputs = reverse_batch(method_inputs(tiny_config(**base), x))
+        _, hist_r, model_r = run_steps(tf.distribute.get_strategy(), tiny_config(**base), initial, reversed_inputs,
+                                       y[::-1].copy(), steps)
         runs.append((hist_r, model_r))
         keras.mixed_precision.set_global_policy("float64")
         _, hist64, model64 = run_steps(tf.distribute.get_strategy(), tiny_config(**base), initial, x, y, steps)
@@ -78,9 +80,14 @@ def state_of(model):
      # near-zero gradient can flip a step: a small feature lr keeps such flips under the
      # weight tolerance, and Adam's moments (compared below) check the gradients themselves.
      dict(method="afd", backbones=("resnet8", "wrn10_2"), feature_lr=1e-6),
-     dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0)],
+     dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0),
+     dict(method="cl_ilr", num_branches=4, temperature=2.0),
+     dict(method="okddip", num_branches=4, rampup_epochs=80),
+     dict(method="kdcl", backbones=("resnet8", "wrn10_1"), temperature=2.0),
+     dict(method="mcl_okd", num_branches=3, nce_k=6),
+     dict(method="pcl", num_branches=3, rampup_epochs=80)],
     ids=["ffl-shared-2", "ffl-resnet-wrn", "dml-mixed", "dml-sequential", "one-3", "vanilla", "afd-mixed",
-         "ffcl-mixed"],
+         "ffcl-mixed", "cl_ilr-tree", "okddip", "kdcl-mixed", "mcl_okd", "pcl"],
 )
 def test_one_and_two_replicas_take_the_same_steps(mirrored, overrides):
     # Two steps with momentum: the optimisers' states must match too.

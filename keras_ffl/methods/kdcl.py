@@ -13,8 +13,8 @@ Teachers (``teacher=``):
 * ``naive``: the logits of the network with the lowest cross-entropy, per example
   (``naive_per="batch"``: the network with the lowest mean cross-entropy on the batch);
 * ``linear``: ``z_t = sum_k w_k z_k`` with ``w`` on the simplex minimising the batch's
-  cross-entropy of ``z_t``, found per mini-batch by 50 steps of exponentiated gradient
-  (mirror descent) from uniform weights;
+  cross-entropy of ``z_t``, found per mini-batch by 100 steps of exponentiated gradient
+  (mirror descent, step 2 / curvature bound) from uniform weights;
 * ``general``: ``z_t = sum_k w_k z_k`` with the generalisation-optimal weights of Perrone and
   Cooper, ``w = C^-1 1 / (1^T C^-1 1)``, ``C_ij = E[(p_i - y)^T (p_j - y)]`` over held-out
   examples; ``update_general_weights(images, labels)`` sets them (the command line does so at
@@ -58,13 +58,17 @@ def naive_teacher(logits, labels, per="example"):
     return ops.einsum("bk,kbc->bc", chosen, ops.stack(logits, axis=0))
 
 
-def linear_weights(logits, labels, steps=50, step_size=1.0):
+def linear_weights(logits, labels, steps=100):
     """Simplex weights minimising the cross-entropy of ``sum_k w_k z_k`` (exponentiated
-    gradient from uniform weights)."""
+    gradient from uniform weights).  The step is 2 / L for the curvature bound
+    L = (largest per-example logit range)^2 / 4 of the objective in w, so it converges
+    whatever the scale of the logits."""
     stacked = ops.stack(logits, axis=0)  # [K, B, C]
     count = len(logits)
     onehot = ops.one_hot(ops.reshape(ops.cast(labels, "int32"), (-1,)), ops.shape(stacked)[-1], dtype=stacked.dtype)
     weights = ops.ones((count,), dtype=stacked.dtype) / float(count)
+    spread = ops.max(ops.max(stacked, axis=-1) - ops.min(stacked, axis=-1))
+    step_size = 8.0 / (ops.square(spread) + 1e-6)
     for _ in range(steps):
         mixed = ops.einsum("k,kbc->bc", weights, stacked)
         probabilities = ops.softmax(mixed, axis=-1)
