@@ -11,7 +11,8 @@ import re
 BACKBONE_FORMS = (
     "resnet<6n+2> (CIFAR ResNet: resnet8, resnet20, resnet32, resnet56, resnet110), "
     "resnet18 / resnet34 (4-stage BasicBlock ResNet), wrn<6n+4>_<k> (e.g. wrn16_2, wrn28_10), "
-    "densenet40_12 (DenseNet-BC), vgg16 / vgg16_3fc, shufflenetv2, mobilenetv2 (width 0.5) / mobilenetv2_w1"
+    "densenet40_12 (DenseNet-BC), vgg16 / vgg16_3fc / vgg16_3fc_dropout, shufflenetv2, "
+    "mobilenetv2 (width 0.5) / mobilenetv2_w1"
 )
 
 #: Fixed-architecture backbones: name -> (family, channels of the last feature map).
@@ -19,6 +20,7 @@ NAMED_BACKBONES = {
     "densenet40_12": ("densenet", 132),
     "vgg16": ("vgg", 512),
     "vgg16_3fc": ("vgg", 512),
+    "vgg16_3fc_dropout": ("vgg", 512),
     "shufflenetv2": ("shufflenet", 1024),
     "mobilenetv2": ("mobilenet", 1280),
     "mobilenetv2_w1": ("mobilenet", 1280),

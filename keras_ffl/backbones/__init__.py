@@ -38,6 +38,7 @@ def get_backbone(name, sync_bn=False):
         "densenet40_12": lambda: DenseNetBC(sync_bn=sync_bn),
         "vgg16": lambda: VGG16("linear", sync_bn=sync_bn),
         "vgg16_3fc": lambda: VGG16("3fc", sync_bn=sync_bn),
+        "vgg16_3fc_dropout": lambda: VGG16("3fc", dropout=0.5, sync_bn=sync_bn),
         "shufflenetv2": lambda: ShuffleNetV2(sync_bn=sync_bn),
         "mobilenetv2": lambda: MobileNetV2(0.5, sync_bn=sync_bn),
         "mobilenetv2_w1": lambda: MobileNetV2(1.0, sync_bn=sync_bn),

@@ -2,9 +2,9 @@
 
 Every conv is 3x3 with a bias, then BN and ReLU: ``[64, 64, M, 128, 128, M, 256 x 3, M,
 512 x 3, M, 512 x 3, M]`` -> 512 x 1 x 1 -> the head.  Head ``vgg16``: ``Linear(512, C)``
-(MCL-OKD; 14,774,436 parameters at 100 classes); ``vgg16_3fc``: OKDDip's and PCL's
-``Linear(512, 512)-ReLU-Dropout-Linear(512, 512)-ReLU-Dropout-Linear(512, C)`` (dropout
-``dropout``, 0 by default as PCL; OKDDip's branches use 0.5).  Init: convs Kaiming-normal
+(MCL-OKD; 14,774,436 parameters at 100 classes); ``vgg16_3fc``: PCL's
+``Linear(512, 512)-ReLU-Dropout-Linear(512, 512)-ReLU-Dropout-Linear(512, C)`` with dropout 0,
+``vgg16_3fc_dropout`` the same with OKDDip's dropout 0.5.  Init: convs Kaiming-normal
 (fan_out), biases 0; linears N(0, 0.01), biases 0.  (RepDistiller's ``vgg16_bn`` pools
 differently, its last block at 4x4; not this one.)
 
@@ -33,7 +33,7 @@ class VGG16(Backbone):
     def __init__(self, head="linear", dropout=0.0, sync_bn=False):
         super().__init__(sync_bn)
         self.head, self.dropout = head, dropout
-        self.name = "vgg16" if head == "linear" else "vgg16_3fc"
+        self.name = "vgg16" if head == "linear" else ("vgg16_3fc_dropout" if dropout else "vgg16_3fc")
 
     def segment(self, x, index, num_classes):
         for j, filters in enumerate(BLOCKS[index]):

@@ -1,0 +1,135 @@
+"""Your own images: a folder of class folders, read into memory with Pillow (no TensorFlow).
+
+    DIR/train/<class>/*.{jpg,jpeg,png,bmp,gif}
+    DIR/test/<class>/*          (optional: else --validation_fraction of train/ is held out)
+
+Class names are the folder names, sorted.  Every image is decoded once, converted to RGB (a
+greyscale image is replicated to three channels; a GIF gives its first frame) and brought to
+a fixed size:
+
+* small images (``image_size`` < 64, the CIFAR recipe): the shorter side resized to
+  ``image_size``, then the central square;
+* large images (the ImageNet recipe): training images stored at ``image_size / 0.875``
+  (shorter side, central square) so that a random-resized crop can be taken from them; test
+  images resized to that, then the central ``image_size`` crop.
+
+The listing is checked before any work (``scan``): a missing split, an empty class folder or a
+single class is a one-line error.  An image that cannot be decoded is named in the error.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from keras_ffl.errors import ConfigError, DataError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+#: At or above this size, the ImageNet recipe (random-resized crop); below it, CIFAR's.
+LARGE_IMAGE_SIZE = 64
+EVAL_CROP_FRACTION = 0.875
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    classes: tuple  # class names, sorted
+    train: tuple  # ((path, label), ...)
+    test: tuple  # empty when the test split is held out of train
+
+
+def list_split(root, split, classes=None):
+    folder = os.path.join(root, split)
+    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    classes = tuple(found) if classes is None else classes
+    if classes != tuple(found):
+        extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
+        raise ConfigError(f"{folder} has other class folders than train/: "
+                          f"{'extra ' + ', '.join(extra) if extra else ''}{'; ' if extra and missing else ''}"
+                          f"{'missing ' + ', '.join(missing) if missing else ''}")
+    examples = []
+    for label, name in enumerate(classes):
+        class_folder = os.path.join(folder, name)
+        files = sorted(f for f in os.listdir(class_folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        if not files:
+            raise ConfigError(f"class folder {class_folder} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+        examples += [(os.path.join(class_folder, f), label) for f in files]
+    return classes, tuple(examples)
+
+
+def scan(root):
+    """The folder dataset's listing; ConfigError for a missing split, an empty class or one class."""
+    if not root or not os.path.isdir(root):
+        raise ConfigError(f"--dataset=folder needs --data_dir, a folder holding train/<class>/ (got '{root}')")
+    if not os.path.isdir(os.path.join(root, "train")):
+        raise ConfigError(f"{root} has no train/ folder: expected train/<class>/*.jpg|png|bmp|gif")
+    classes, train = list_split(root, "train")
+    if len(classes) < 2:
+        raise ConfigError(f"{os.path.join(root, 'train')} holds {len(classes)} class folder(s): a classifier needs two "
+                          "or more")
+    test = list_split(root, "test", classes)[1] if os.path.isdir(os.path.join(root, "test")) else ()
+    return Listing(classes, train, test)
+
+
+def stratified_holdout(labels, fraction, seed):
+    """``(train positions, held-out positions)``: ``fraction`` of every class, chosen by ``seed``."""
+    labels = np.asarray(labels)
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed) % 2**63, 7])))
+    held = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = int(round(fraction * len(members)))
+        if count >= len(members):
+            raise ConfigError(f"--validation_fraction={fraction} would leave class {label} nothing to train on")
+        held += list(rng.choice(members, size=count, replace=False))
+    held = np.sort(np.asarray(held, np.int64))
+    return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def stored_size(image_size, train):
+    """The side images are kept at: larger for training under the ImageNet recipe."""
+    if image_size >= LARGE_IMAGE_SIZE and train:
+        return int(round(image_size / EVAL_CROP_FRACTION))
+    return image_size
+
+
+def decode(path, side, final):
+    """One image as uint8 RGB: shorter side to ``side``, the central square, then the central
+    ``final`` crop."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as picture:
+            picture.seek(0)
+            picture = picture.convert("RGB")
+            picture.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+            from None
+    width, height = picture.size
+    scale = side / min(width, height)
+    size = (max(side, int(round(width * scale))), max(side, int(round(height * scale))))
+    picture = picture.resize(size, Image.BILINEAR)
+    left, top = (size[0] - final) // 2, (size[1] - final) // 2
+    return np.asarray(picture.crop((left, top, left + final, top + final)), np.uint8)
+
+
+def load(examples, image_size, train):
+    """``(uint8 images [N, S, S, 3], int64 labels)`` of ``examples`` ((path, label) pairs)."""
+    side = stored_size(image_size, train)
+    final = side if train else image_size
+    if not train and image_size >= LARGE_IMAGE_SIZE:
+        side = stored_size(image_size, True)  # resize to the training side, then the central crop
+    images = np.empty((len(examples), final, final, 3), np.uint8)
+    for i, (path, _) in enumerate(examples):
+        images[i] = decode(path, side, final)
+    return images, np.asarray([label for _, label in examples], np.int64)
+
+
+def channel_statistics(images, seed, sample=10000):
+    """Per-channel mean and std of pixels / 255 over a seeded sample of at most ``sample`` images."""
+    if len(images) > sample:
+        rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed) % 2**63, 8])))
+        images = images[np.sort(rng.choice(len(images), size=sample, replace=False))]
+    pixels = images.reshape(-1, images.shape[-1]).astype(np.float64) / 255.0
+    return tuple(float(round(v, 6)) for v in pixels.mean(0)), tuple(float(round(max(v, 1e-3), 6))
+                                                                       for v in pixels.std(0))
