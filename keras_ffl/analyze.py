@@ -111,12 +111,11 @@ def test_images(config, count, data_dir=""):
     """The first ``count`` test images: (standardised inputs, raw pixels, labels)."""
     import numpy as np
 
-    from keras_ffl.data import NORMALIZATION
     from keras_ffl.data.augment import normalize
     from keras_ffl.export import parity_images
 
     pixels, labels = parity_images(config, count, data_dir)
-    inputs = np.asarray(normalize(pixels, *NORMALIZATION[config.dataset]))
+    inputs = np.asarray(normalize(pixels, *config.normalization))
     return inputs, pixels, labels
 
 
@@ -172,8 +171,6 @@ def main(argv=None):
     def body():
         import numpy as np
 
-        from keras_ffl.specs import CLASS_NAMES
-
         command, fv = parse_command(argv, COMMANDS, "analyze", define_flags)
         if fv.examples < 0:
             raise ConfigError("--examples must be >= 0")
@@ -200,7 +197,7 @@ def main(argv=None):
                 raise ConfigError(f"--baseline is trained on {base_config.dataset}, the model on {config.dataset}")
             rows.append((f"{base_config.method} net0", *gradcam(explainers(base)["net0"], inputs, classes)))
         output = fv.output or f"gradcam_{label}.png"
-        names = CLASS_NAMES.get(config.dataset) or [str(c) for c in range(config.dataset_spec.num_classes)]
+        names = config.labels
         gradcam_grid(rows, pixels, labels, names, output)
         print(f"wrote {output}: Grad-CAM of {', '.join(r[0] for r in rows)} on {len(inputs)} test images")
         return 0

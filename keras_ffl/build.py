@@ -64,7 +64,7 @@ METHOD_OPTIONS = {
 
 #: method -> Config -> what it asks of its training batches (``keras_ffl.data.load_data``).
 DATA_NEEDS = {
-    "kdcl": lambda c: dict(views=c.num_branches),
+    "kdcl": lambda c: dict(views=c.num_branches, holdout=c.kdcl_holdout),
     "pcl": lambda c: dict(views=c.num_branches),
     "mcl_okd": lambda c: dict(with_index=True, negatives=c.nce_k),
 }
@@ -72,6 +72,8 @@ DATA_NEEDS = {
 
 def train_size_of(config):
     """How many examples training sees (MCL-OKD's memory rows), known from the Config alone."""
+    if config.train_size:  # your own data: counted when it was read
+        return config.train_size
     spec = config.dataset_spec
     size = spec.train_size or 1024  # generated data: 1024 unless --train_examples
     size = min(config.train_examples, size) if config.train_examples and spec.train_size else \
@@ -245,7 +247,6 @@ def part_model(model, config, part, raw_pixels=False):
     takes float pixels in [0, 255].
     """
     from keras_ffl.config import ConfigError
-    from keras_ffl.data import NORMALIZATION
     from keras_ffl.layers import Standardize
 
     try:
@@ -255,17 +256,19 @@ def part_model(model, config, part, raw_pixels=False):
     if not raw_pixels:
         return keras.Model(part_net.inputs[0], part_net.outputs[0], name=f"{config.method}_{part}")
     inputs = keras.Input(config.dataset_spec.image_shape, name="pixels")
-    standardized = Standardize(*NORMALIZATION[config.dataset], name="standardize")(inputs)
+    standardized = Standardize(*config.normalization, name="standardize")(inputs)
     return keras.Model(inputs, part_net(standardized), name=f"{config.method}_{part}")
 
 
 def build(config, splits=("train", "test"), shard=(0, 1)):
     """Data plus compiled model for a validated Config: ``(model, data)``.  ``shard``: this
-    process's (index, count) where several processes feed one data-parallel step (JAX)."""
+    process's (index, count) where several processes feed one data-parallel step (JAX).
+    ``data.config`` is the Config completed with what the data told (your own data's classes
+    and statistics): the one to save and to rebuild the run from."""
     from keras_ffl.data import load_data
 
     needs = DATA_NEEDS.get(config.method)
     data = load_data(config, splits, shard=shard, **(needs(config) if needs else {}))
-    model = build_model(config, data.num_classes, data.image_shape)
-    compile_model(model, config, max(data.steps_per_epoch, 1))
+    model = build_model(data.config, data.num_classes, data.image_shape)
+    compile_model(model, data.config, max(data.steps_per_epoch, 1))
     return model, data

@@ -35,7 +35,11 @@ class Config:
     download: bool = True
     train_examples: int = 0
     test_examples: int = 0
-    augment: bool = True
+    augment: str = "auto"
+    image_size: int = 0
+    validation_fraction: float = 0.0
+    train_split: str = "train"
+    test_split: str = "test"
     # Schedule and optimiser (FFL code defaults).
     epochs: int = 300
     steps_per_epoch: int = 0
@@ -97,6 +101,12 @@ class Config:
     ema_decay: float = 0.999
     # Initialisation.
     init_dir: str = ""
+    # What the data itself gives a folder or tfds:NAME dataset, filled in when it is first read
+    # and kept in config.json, so evaluate, zoo and export use the same numbers (not flags).
+    class_names: tuple = ()
+    mean: tuple = ()
+    std: tuple = ()
+    train_size: int = 0
     # Run.
     backend: str = ""
     seed: int = 0
@@ -118,11 +128,37 @@ class Config:
 
     @property
     def dataset_spec(self):
-        return specs.DATASETS[self.dataset]
+        if self.dataset in specs.DATASETS:
+            return specs.DATASETS[self.dataset]
+        size = self.image_size or specs.DEFAULT_IMAGE_SIZE
+        return specs.DatasetSpec(len(self.class_names), (size, size, 3), self.train_size, 0,
+                                 "folder" if self.dataset == "folder" else "tfds_images")
 
     @property
     def resolved_data_dir(self):
         return self.data_dir or self.dataset_spec.default_data_dir
+
+    @property
+    def normalization(self):
+        """``(mean, std)`` per channel: the run's own (computed from its training split) or the
+        dataset's standard ones."""
+        if self.mean:
+            return tuple(self.mean), tuple(self.std)
+        return specs.NORMALIZATION[self.dataset]
+
+    @property
+    def labels(self):
+        """Class names, or the class indices as strings where the dataset has none."""
+        names = self.class_names or specs.CLASS_NAMES.get(self.dataset, ())
+        return [str(n) for n in names] or [str(c) for c in range(self.dataset_spec.num_classes)]
+
+    @property
+    def augmentation(self):
+        """The training recipe: ``pad_crop_flip`` for small images, ``resized_crop_flip`` for
+        large ones, unless ``--augment`` names one (or ``none``)."""
+        if self.augment != "auto":
+            return self.augment
+        return "resized_crop_flip" if self.dataset_spec.image_shape[0] >= specs.LARGE_IMAGE_SIZE else "pad_crop_flip"
 
     # ----------------------------------------------------------------- validation
     def validated(self, check_data=True):
@@ -177,8 +213,7 @@ class Config:
                 raise ConfigError("--pretrained_dir is only used with --regularization_knowledge")
         elif c.pretrained_dir:
             raise ConfigError("--pretrained_dir is only used by --method=ffcl")
-        if c.dataset not in specs.DATASETS:
-            raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}")
+        c = check_dataset(c, check_data)
         positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
         for name, value in positive.items():
             if value <= 0:
@@ -211,12 +246,12 @@ class Config:
         check_cluster(c, backend)
         data_dir = c.data_dir
         if c.manual_dir:
-            if specs.DATASETS[c.dataset].source != "tfds":
+            if c.dataset_spec.source not in ("tfds", "tfds_images"):
                 raise ConfigError(f"--manual_dir is for tfds datasets; {c.dataset} does not use it")
             if check_data and not os.path.isdir(c.manual_dir):
                 raise ConfigError(f"--manual_dir {c.manual_dir} does not exist")
         if check_data:
-            check_data_dir(c.dataset, data_dir or specs.DATASETS[c.dataset].default_data_dir)
+            check_data_dir(c.dataset, data_dir or c.dataset_spec.default_data_dir)
         model_dir = c.model_dir or os.path.join("runs", f"{c.method}_{'-'.join(canonical)}_{c.dataset}")
         pretrained_dir = c.pretrained_dir
         if c.method == "ffcl" and c.regularization_knowledge:
@@ -270,6 +305,8 @@ class Config:
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        if isinstance(values.get("augment"), bool):  # config.json before augmentation recipes had names
+            values["augment"] = "auto" if values["augment"] else "none"
         return cls(**values)
 
     def save(self, path):
@@ -286,11 +323,69 @@ class Config:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
 
     def differences(self, other, ignore=("verbose", "download", "task_index", "backend")):
+        """Fields that differ; the data's own facts only where both know them."""
         return [
             f.name
             for f in dataclasses.fields(self)
             if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
+            and not (f.name in DATA_FACTS and not (getattr(self, f.name) and getattr(other, f.name)))
         ]
+
+    def with_data_facts(self, **facts):
+        return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in facts.items()})
+
+
+#: Config fields the data gives (not flags): kept in config.json once known.
+DATA_FACTS = ("class_names", "mean", "std", "train_size")
+
+
+def check_dataset(c, check_data):
+    """The dataset name, and for your own data its folder or tfds name, before any work;
+    returns the Config with the folder's class names filled in."""
+    if c.image_size < 0 or not 0.0 <= c.validation_fraction < 1.0:
+        raise ConfigError("--image_size must be >= 0 and --validation_fraction in [0, 1)")
+    if c.dataset in specs.DATASETS:
+        for name, value, default in (("image_size", c.image_size, 0), ("validation_fraction", c.validation_fraction,
+                                                                        0.0), ("train_split", c.train_split, "train"),
+                                     ("test_split", c.test_split, "test")):
+            if value != default:
+                raise ConfigError(f"--{name} is for --dataset=folder and tfds:NAME datasets")
+        return c
+    if c.dataset == "folder":
+        if c.train_split != "train" or c.test_split != "test":
+            raise ConfigError("--train_split and --test_split are for tfds:NAME; a folder has train/ and test/")
+        if not check_data:
+            return c
+        from keras_ffl.data.folder import scan
+
+        listing = scan(c.data_dir)
+        if listing.test and c.validation_fraction:
+            raise ConfigError(f"{c.data_dir} has a test/ folder: --validation_fraction is for folders without one")
+        if not listing.test and not c.validation_fraction:
+            raise ConfigError(f"{c.data_dir} has no test/ folder: pass --validation_fraction (e.g. 0.1) to hold out a "
+                              "stratified share of train/")
+        return dataclasses.replace(c, class_names=listing.classes)
+    if c.dataset.startswith("tfds:") and len(c.dataset) > len("tfds:"):
+        if check_data:
+            check_tfds_name(c.dataset[len("tfds:"):])
+        if c.validation_fraction:
+            raise ConfigError("--validation_fraction is for folders without test/; tfds:NAME uses --test_split")
+        return c
+    raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}, folder "
+                      "(your own images, --data_dir) or tfds:NAME")
+
+
+def check_tfds_name(name):
+    """A tfds dataset of that name exists (its class is looked up; TensorFlow is not imported)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError:
+        raise ConfigError("tfds:NAME datasets need TensorFlow Datasets (pip install tensorflow-datasets)") from None
+    try:
+        tfds.builder_cls(name)
+    except Exception as e:  # noqa: BLE001 - tfds raises its own DatasetNotFoundError and others
+        raise ConfigError(f"--dataset=tfds:{name}: {str(e).splitlines()[0] if str(e) else 'not a tfds dataset'}") \
+            from None
 
 
 def check_comparison_methods(c, backbones, topology):
@@ -303,7 +398,7 @@ def check_comparison_methods(c, backbones, topology):
         allowed = specs.split_names(backbones[0])
         if c.split != "early" and c.split not in allowed:
             raise ConfigError(f"--split={c.split}: {backbones[0]} splits at {', '.join(allowed)} or 'early'")
-    streamed = specs.DATASETS[c.dataset].shuffle_window > 0 if c.dataset in specs.DATASETS else False
+    streamed = c.dataset_spec.shuffle_window > 0
     if c.method in ("kdcl", "pcl", "mcl_okd") and streamed:
         raise ConfigError(f"--method={c.method} needs per-example views or indices, which the in-memory pipeline "
                           f"gives: {c.dataset} is streamed")
@@ -368,6 +463,12 @@ def check_cluster(c, backend="tensorflow"):
 
 
 def check_data_dir(dataset, data_dir):
+    if dataset not in specs.DATASETS:
+        if dataset == "folder" and not os.path.isdir(data_dir or ""):
+            raise ConfigError(f"--data_dir {data_dir} does not exist")
+        if dataset.startswith("tfds:") and data_dir and not os.path.isdir(data_dir):
+            raise ConfigError(f"--data_dir {data_dir} does not exist")
+        return
     spec = specs.DATASETS[dataset]
     if spec.source == "idx":
         if not os.path.isdir(data_dir):
@@ -434,9 +535,9 @@ def atomic_write_text(path, text):
 
 # ------------------------------------------------------------------------ flags
 _ENUMS = {
+    "augment": ("auto", "none", "pad_crop_flip", "resized_crop_flip"),
     "method": tuple(specs.METHODS),
     "topology": ("auto", "shared", "independent"),
-    "dataset": tuple(specs.DATASETS),
     "fusion": ("module", "average"),
     "dml_update": ("synchronous", "sequential"),
     "afd_mode": ("full", "adversarial", "kd", "l1", "l1_kd"),
@@ -456,7 +557,8 @@ _HELP = {
     "num_branches": "Number of sub-networks K (>= 2) when a single backbone is given (0 = 2, or one per listed backbone).",
     "topology": "shared: one trunk, last stage duplicated per branch (case 1); independent: separate "
     "networks (case 2); auto: shared when every branch has the same architecture.",
-    "dataset": "Dataset name.",
+    "dataset": f"Dataset: {', '.join(specs.DATASETS)}, folder (your own images under --data_dir: "
+    "train/<class>/*, test/<class>/*) or tfds:NAME (any TensorFlow Datasets image-classification set).",
     "data_dir": f"Data location: the IDX folder for fashion_mnist (default {specs.FASHION_MNIST_DIR}), "
     "the tfds data_dir for cifar10/cifar100/imagenet2012.",
     "manual_dir": "tfds manual download folder (imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar), "
@@ -464,7 +566,14 @@ _HELP = {
     "download": "Let tfds download (or prepare from --manual_dir) a dataset not yet prepared in data_dir.",
     "train_examples": "Use only the first N training examples (0 = all).",
     "test_examples": "Use only the first N test examples (0 = all).",
-    "augment": "Reflect-pad 4, random crop and horizontal flip on training images.",
+    "augment": "Training augmentation: auto (pad_crop_flip under 64 px, resized_crop_flip from 64 px), "
+    "pad_crop_flip (CIFAR: reflect-pad 4, random crop, flip), resized_crop_flip (ImageNet: random-resized crop "
+    "of 8-100% of the area, flip) or none.",
+    "image_size": f"folder and tfds:NAME: the side images are brought to (0 = {specs.DEFAULT_IMAGE_SIZE}); from "
+    f"{specs.LARGE_IMAGE_SIZE} on, training images are kept at image_size / 0.875 for random-resized crops.",
+    "validation_fraction": "folder without test/: the stratified, seeded share of train/ held out as the test split.",
+    "train_split": "tfds:NAME: the split trained on.",
+    "test_split": "tfds:NAME: the split evaluated (the report's test split).",
     "epochs": "Training epochs.",
     "steps_per_epoch": "Cap on steps per epoch (0 = one full pass over the training set).",
     "validation_freq": "Evaluate on the test split every N epochs during training (0 = only at the end).",
@@ -548,6 +657,8 @@ def define_flags(flag_values):
     """Defines one flag per Config field on ``flag_values`` (a ``flags.FlagValues``)."""
     defaults = Config()
     for field in dataclasses.fields(Config):
+        if field.name in DATA_FACTS:
+            continue
         name, default, help_ = field.name, getattr(defaults, field.name), _HELP[field.name]
         if name in _ENUMS:
             flags.DEFINE_enum(name, default, _ENUMS[name], help_, flag_values=flag_values)
@@ -566,6 +677,8 @@ def define_flags(flag_values):
 def config_from_flags(flag_values):
     values = {}
     for field in dataclasses.fields(Config):
+        if field.name in DATA_FACTS:
+            continue
         value = flag_values[field.name].value
         if field.name in ("lr_milestones", "feature_lr_milestones"):
             try:

@@ -170,8 +170,6 @@ def export(source_model, config, part, formats, output_dir, tolerance=1e-4, pari
     import numpy as np
 
     from keras_ffl.build import part_model
-    from keras_ffl.data import NORMALIZATION
-    from keras_ffl.specs import CLASS_NAMES
     from keras_ffl.zoo import preprocessing_record
 
     keras_model = part_model(source_model, config, part, raw_pixels=True)
@@ -215,11 +213,11 @@ def export(source_model, config, part, formats, output_dir, tolerance=1e-4, pari
             "backbones": config.branch_backbones if not part.startswith("net") else
             [config.branch_backbones[int(part[3:])]],
             "dataset": config.dataset,
-            "class_names": list(CLASS_NAMES.get(config.dataset) or range(config.dataset_spec.num_classes)),
+            "class_names": config.labels,
             "input": {"name": keras_model.inputs[0].name, "shape": [None, *config.dataset_spec.image_shape],
                       "dtype": "float32"},
             "output": "logits [batch, classes]",
-            "preprocessing": {**preprocessing_record(*NORMALIZATION[config.dataset]), "in_graph": True},
+            "preprocessing": {**preprocessing_record(*config.normalization), "in_graph": True},
             "keras_parameters": int(keras_model.count_params()),
             "parity": {"examples": int(len(images)), "tolerance": tolerance,
                        "keras_top1_on_these": float(np.mean(np.argmax(reference, -1) == labels))},

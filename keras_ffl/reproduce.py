@@ -1,6 +1,6 @@
 """Rerun vanilla and every method on real data over several seeds; write a table and figures.
 
-    python -m keras_ffl.reproduce --suite=fashion_mnist                 # about 30 min on 2 cores
+    python -m keras_ffl.reproduce --suite=fashion_mnist                 # about an hour on 2 cores
     python -m keras_ffl.reproduce --suite=fashion_mnist --methods=vanilla,ffl --seeds=0,1
 
 The budget is fixed and fits a CPU: each method's Fashion-MNIST quickstart flagfile (ResNet-8
@@ -34,6 +34,11 @@ SUITES = {
             "one": ("zoo/quickstart_one_fashion_mnist.flags", ["--rampup_epochs=1"]),
             "afd": ("zoo/quickstart_afd_fashion_mnist.flags", []),
             "ffcl": ("zoo/quickstart_ffcl_fashion_mnist.flags", []),
+            "cl_ilr": ("zoo/quickstart_cl_ilr_fashion_mnist.flags", []),
+            "okddip": ("zoo/quickstart_okddip_fashion_mnist.flags", ["--rampup_epochs=1"]),
+            "kdcl": ("zoo/quickstart_kdcl_fashion_mnist.flags", ["--rampup_epochs=0"]),
+            "mcl_okd": ("zoo/quickstart_mcl_okd_fashion_mnist.flags", []),
+            "pcl": ("zoo/quickstart_pcl_fashion_mnist.flags", ["--rampup_epochs=1"]),
         },
     },
 }

@@ -140,6 +140,21 @@ class DatasetSpec:
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
+#: Your own data (folder, tfds:NAME): the side images are brought to unless --image_size says.
+DEFAULT_IMAGE_SIZE = 32
+#: From this image side on, the ImageNet augmentation recipe (random-resized crop) is the default.
+LARGE_IMAGE_SIZE = 64
+
+# (mean, std) per channel: the FFL code's for CIFAR, torchvision's for ImageNet, the training
+# split's for Fashion-MNIST.  Your own data gets its training split's, kept in its config.
+NORMALIZATION = {
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+}
+
 DATASETS = {
     "fashion_mnist": DatasetSpec(10, (28, 28, 1), 60000, 10000, "idx", FASHION_MNIST_DIR),
     "cifar10": DatasetSpec(10, (32, 32, 3), 50000, 10000, "cifar"),

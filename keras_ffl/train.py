@@ -56,6 +56,17 @@ def logging_callbacks(config):
     return callbacks
 
 
+def GeneralWeights(images, labels):
+    """A callback that sets KDCL General's weights from held-out images at each epoch's start."""
+    import keras
+
+    class Callback(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.model.update_general_weights(images, labels)
+
+    return Callback()
+
+
 def train(config, extra_callbacks=()):
     """Runs a validated Config to completion (and FFCL's pre-training stage first);
     returns the report dict."""
@@ -92,6 +103,7 @@ def _train(config, extra_callbacks):
 
     with distribution.scope():
         model, data = build(config, shard=distribution.process)
+    config = data.config  # with what the data told (your own data's classes and statistics)
     if chief:
         run_dir.check_free_space(config.model_dir, model)
     warm_start = WARM_STARTS.get(config.method)
@@ -107,6 +119,8 @@ def _train(config, extra_callbacks):
     resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief)
     start_epoch = resume.restore(model)
     callbacks = [throughput, keras.callbacks.TerminateOnNaN(), resume]
+    if data.holdout is not None:  # KDCL General: its weights from the held-out images, every epoch
+        callbacks.insert(0, GeneralWeights(*data.holdout))
     if chief:
         callbacks += logging_callbacks(config)
     callbacks += list(extra_callbacks)
@@ -154,6 +168,7 @@ def _train(config, extra_callbacks):
         "parameters": int(model.count_params()),
         "replicas": distribution.num_replicas,
         "backend": keras.backend.backend(),
+        "class_names": config.labels,
     }
     if chief:
         save_weights_atomically(model, run_dir.path(config.model_dir, run_dir.WEIGHTS))

@@ -240,9 +240,6 @@ def add_recipe(name, flagfile, description="", manifest_path=None):
 
 
 def make_entry(model, config, flagfile, description, weights, metrics):
-    from keras_ffl.data import NORMALIZATION
-    from keras_ffl.specs import CLASS_NAMES
-
     spec = config.dataset_spec
     return {
         "description": description or f"{config.method.upper()} {'/'.join(config.branch_backbones)} on {config.dataset}",
@@ -251,9 +248,9 @@ def make_entry(model, config, flagfile, description, weights, metrics):
         "flagfile": flagfile,
         "dataset": config.dataset,
         "num_classes": spec.num_classes,
-        "class_names": list(CLASS_NAMES.get(config.dataset, ())),
+        "class_names": config.labels,
         "image_shape": list(spec.image_shape),
-        "preprocessing": preprocessing_record(*NORMALIZATION[config.dataset]),
+        "preprocessing": preprocessing_record(*config.normalization),
         "parts": list(model.part_names),
         "parameters": {p: count_part_parameters(model, config, p) for p in model.part_names},
         "weights": weights,

@@ -255,3 +255,20 @@ def test_pcl_losses_equal_numpy_and_the_temporal_mean_follows_its_rule():
 def test_invalid_combinations_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(**overrides)
+
+
+def test_kdcl_general_holds_images_out_and_weighs_the_networks_with_them(tmp_path):
+    from keras_ffl.build import load_run
+    from keras_ffl.train import train
+
+    config = tiny_config(method="kdcl", kdcl_teacher="general", kdcl_holdout=16, backbones=("resnet8", "wrn10_1"),
+                         epochs=2, lr=0.05, model_dir=str(tmp_path / "kdcl"), validation_freq=0)
+    report = train(config)
+    assert "net1" in report["results"]
+    model, _ = load_run(config.model_dir)
+    weights = np.asarray(model.general)
+    assert weights.sum() == pytest.approx(1.0, abs=1e-5) and not np.allclose(weights, 0.5)  # set from the holdout
+    from keras_ffl.data import load_data
+
+    data = load_data(config, splits=("train",), holdout=16)
+    assert data.train_size == 64 - 16 and len(data.holdout[1]) == 16

@@ -21,15 +21,7 @@ from typing import Any, Callable
 from keras_ffl.data import augment
 from keras_ffl.data.stream import EpochBatches
 from keras_ffl.errors import DataError
-
-# (mean, std) per channel.
-NORMALIZATION = {
-    "fashion_mnist": ((0.2860,), (0.3530,)),
-    "cifar10": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
-    "imagenet2012": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
-}
+from keras_ffl.specs import NORMALIZATION
 
 
 @dataclasses.dataclass
@@ -43,6 +35,8 @@ class Data:
     steps_per_epoch: int
     mean: tuple
     std: tuple
+    config: Any = None  # the Config completed with what the data told (folder/tfds: classes, statistics)
+    holdout: Any = None  # KDCL General's held-out (standardised images, labels), or None
 
     @property
     def train(self):
@@ -62,6 +56,16 @@ def in_memory_split(config, split):
 
     spec = config.dataset_spec
     num_examples = config.train_examples if split == "train" else config.test_examples
+    if spec.source == "folder":
+        return folder_split(config, split, num_examples)
+    if spec.source == "tfds_images":
+        from keras_ffl.data.tfds import image_dataset
+
+        tfds_split = config.train_split if split == "train" else config.test_split
+        images, labels, _ = image_dataset(config.dataset[len("tfds:"):], tfds_split, config.data_dir,
+                                          config.download, config.manual_dir, num_examples,
+                                          spec.image_shape[0], split == "train")
+        return images, labels
     if spec.source == "cifar" and not sources.find_cifar_archive(config.dataset, config.resolved_data_dir):
         try:
             from keras_ffl.data.tfds import tfds_arrays
@@ -71,6 +75,59 @@ def in_memory_split(config, split):
                             "--data_dir, or install TensorFlow Datasets") from None
         return tfds_arrays(config.dataset, split, config.data_dir, config.download, num_examples)
     return sources.load_arrays(config.dataset, split, config.resolved_data_dir, config.seed, num_examples)
+
+
+def folder_split(config, split, num_examples):
+    """A split of a folder dataset: ``test/``, or ``--validation_fraction`` of ``train/``."""
+    from keras_ffl.data import folder
+
+    listing = folder.scan(config.data_dir)
+    examples = listing.test if split == "test" else listing.train
+    if not listing.test:
+        keep, held = folder.stratified_holdout([label for _, label in listing.train], config.validation_fraction,
+                                               config.seed)
+        examples = [listing.train[i] for i in (held if split == "test" else keep)]
+    if num_examples:
+        examples = examples[:num_examples]
+    return folder.load(examples, config.dataset_spec.image_shape[0], split == "train")
+
+
+def data_facts(config, images):
+    """What a folder or tfds:NAME dataset tells the Config: classes, training-split size and,
+    unless the run already has them, its per-channel statistics (a seeded sample of at most
+    10,000 training images)."""
+    if config.dataset in NORMALIZATION:
+        return {}
+    from keras_ffl.data.folder import channel_statistics
+
+    facts = {"train_size": len(images)}
+    if not config.mean:
+        facts["mean"], facts["std"] = channel_statistics(images, config.seed)
+    if config.dataset.startswith("tfds:") and not config.class_names:
+        from keras_ffl.data.tfds import class_names
+
+        facts["class_names"] = class_names(config.dataset[len("tfds:"):], config.data_dir)
+    return facts
+
+
+def recipe_of(config, image_side):
+    """The training augmentation of a Config (``Config.augmentation``) for stored images of
+    side ``image_side``."""
+    name = config.augmentation
+    if name == "none":
+        return None
+    if name == "pad_crop_flip":
+        return augment.PadCropFlip()
+    return augment.ResizedCropFlip(config.dataset_spec.image_shape[0]).bind(image_side)
+
+
+def held_out(images, labels, count, seed):
+    """KDCL General's held-out examples: ``count`` of a seeded permutation, kept out of training."""
+    import numpy as np
+
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed) % 2**63, 9])))
+    order = rng.permutation(len(labels))
+    return order[count:], order[:count]
 
 
 def steps_for(config, train_size):
@@ -99,27 +156,37 @@ class EvaluationBatches:
         return Batches()
 
 
-def load_data(config, splits=("train", "test"), views=1, with_index=False, shard=(0, 1), negatives=0):
+def load_data(config, splits=("train", "test"), views=1, with_index=False, shard=(0, 1), negatives=0, holdout=0):
     """Builds the pipelines for a validated ``Config``; raises DataError on unreadable data.
 
     ``views`` and ``with_index`` are what a method asks of its inputs (several augmented
     copies of each image, each example's index, k contrast negatives per example).  ``shard`` =
     (index, count): where several
     processes feed one data-parallel step (JAX multi-process), this process's contiguous
-    share of every global batch (tf.distribute splits batches itself)."""
+    share of every global batch (tf.distribute splits batches itself).  ``holdout``: examples
+    kept out of training (KDCL General), returned standardised as ``Data.holdout``.
+
+    ``Data.config`` is ``config`` completed with what a folder or tfds:NAME dataset tells (its
+    classes, size and statistics); train saves it as the run's config.json."""
     spec = config.dataset_spec
-    mean, std = NORMALIZATION[config.dataset]
     if spec.shuffle_window:
-        return streamed_data(config, splits, mean, std)
-    train_from, test, train_size, test_size = None, None, 0, 0
+        return streamed_data(config, splits, *config.normalization)
+    train_from, test, train_size, test_size, holdout_data = None, None, 0, 0, None
     steps = 0
     if "train" in splits:
         images, labels = in_memory_split(config, "train")
+        if holdout:
+            keep, held = held_out(images, labels, holdout, config.seed)
+            holdout_images, holdout_labels = images[held], labels[held]
+            images, labels = images[keep], labels[keep]
+        config = config.with_data_facts(**data_facts(config, images))
+        if holdout:
+            holdout_data = (augment.normalize(holdout_images, *config.normalization), holdout_labels)
         train_size = len(labels)
         steps = steps_for(config, train_size)
-        recipe = augment.PadCropFlip() if config.augment else None
-        batches = EpochBatches(images, labels, config.seed, mean, std, recipe, views, with_index,
-                               negatives=negatives)
+        mean, std = config.normalization
+        batches = EpochBatches(images, labels, config.seed, mean, std, recipe_of(config, images.shape[1]), views,
+                               with_index, negatives=negatives)
         if uses_tf_data():
             from keras_ffl.data.tf_pipeline import in_memory_training
 
@@ -130,6 +197,7 @@ def load_data(config, splits=("train", "test"), views=1, with_index=False, shard
     if "test" in splits:
         images, labels = in_memory_split(config, "test")
         test_size = len(labels)
+        mean, std = config.normalization
         batches = EpochBatches(images, labels, config.seed, mean, std, shuffle=False, with_index=with_index)
         if uses_tf_data():
             from keras_ffl.data.tf_pipeline import in_memory_evaluation
@@ -137,7 +205,9 @@ def load_data(config, splits=("train", "test"), views=1, with_index=False, shard
             test = in_memory_evaluation(batches, config.eval_batch_size)
         else:
             test = EvaluationBatches(batches, config.eval_batch_size, shard)
-    return Data(train_from, test, spec.num_classes, spec.image_shape, train_size, test_size, steps, mean, std)
+    spec = config.dataset_spec
+    return Data(train_from, test, spec.num_classes, spec.image_shape, train_size, test_size, steps,
+                *config.normalization, config=config, holdout=holdout_data)
 
 
 def streamed_data(config, splits, mean, std):
@@ -157,11 +227,12 @@ def streamed_data(config, splits, mean, std):
         raw, train_size = streamed_split(split="train", num_examples=config.train_examples, **args)
         steps = steps_for(config, train_size)
         train_from = tf_pipeline.streamed_training(raw, config.batch_size, steps, mean, std, config.seed,
-                                                   config.augment, spec.shuffle_window, image_size)
+                                                   config.augmentation != "none", spec.shuffle_window, image_size)
     if "test" in splits:
         raw, test_size = streamed_split(split="test", num_examples=config.test_examples, **args)
         test = tf_pipeline.streamed_evaluation(raw, config.eval_batch_size, mean, std, image_size)
-    return Data(train_from, test, spec.num_classes, spec.image_shape, train_size, test_size, steps, mean, std)
+    return Data(train_from, test, spec.num_classes, spec.image_shape, train_size, test_size, steps, mean, std,
+                config=config)
 
 
 def load_arrays(dataset, split="train", data_dir=""):

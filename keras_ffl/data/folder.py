@@ -23,10 +23,9 @@ import os
 import numpy as np
 
 from keras_ffl.errors import ConfigError, DataError
+from keras_ffl.specs import LARGE_IMAGE_SIZE
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
-#: At or above this size, the ImageNet recipe (random-resized crop); below it, CIFAR's.
-LARGE_IMAGE_SIZE = 64
 EVAL_CROP_FRACTION = 0.875
 
 
@@ -93,8 +92,8 @@ def stored_size(image_size, train):
 
 
 def decode(path, side, final):
-    """One image as uint8 RGB: shorter side to ``side``, the central square, then the central
-    ``final`` crop."""
+    """One image file as uint8 RGB: shorter side to ``side``, the central square, then the
+    central ``final`` crop."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -105,6 +104,13 @@ def decode(path, side, final):
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
+    return fit(picture, side, final)
+
+
+def fit(picture, side, final):
+    """A Pillow RGB image: shorter side to ``side``, the central ``final`` square."""
+    from PIL import Image
+
     width, height = picture.size
     scale = side / min(width, height)
     size = (max(side, int(round(width * scale))), max(side, int(round(height * scale))))
@@ -113,16 +119,33 @@ def decode(path, side, final):
     return np.asarray(picture.crop((left, top, left + final, top + final)), np.uint8)
 
 
+def sides(image_size, train):
+    """``(side the shorter edge is resized to, final square)`` for a split."""
+    side = stored_size(image_size, True)
+    return (side, side) if train else (side, image_size)
+
+
 def load(examples, image_size, train):
     """``(uint8 images [N, S, S, 3], int64 labels)`` of ``examples`` ((path, label) pairs)."""
-    side = stored_size(image_size, train)
-    final = side if train else image_size
-    if not train and image_size >= LARGE_IMAGE_SIZE:
-        side = stored_size(image_size, True)  # resize to the training side, then the central crop
+    side, final = sides(image_size, train)
     images = np.empty((len(examples), final, final, 3), np.uint8)
     for i, (path, _) in enumerate(examples):
         images[i] = decode(path, side, final)
     return images, np.asarray([label for _, label in examples], np.int64)
+
+
+def fit_arrays(images, image_size, train):
+    """Decoded images (any sizes, 1 or 3 channels, or one array [N, H, W, C]) brought to the
+    stored size, as ``load`` does to files."""
+    from PIL import Image
+
+    side, final = sides(image_size, train)
+    out = np.empty((len(images), final, final, 3), np.uint8)
+    for i, image in enumerate(images):
+        image = np.asarray(image, np.uint8)
+        picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
+        out[i] = fit(picture, side, final)
+    return out
 
 
 def channel_statistics(images, seed, sample=10000):

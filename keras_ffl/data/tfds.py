@@ -85,3 +85,44 @@ def streamed_split(dataset, split, data_dir, download, num_examples, manual_dir=
     if num_examples:
         ds, size = ds.take(num_examples), min(num_examples, size)
     return ds.map(lambda x, y, *name: (x, tf.cast(y, tf.int64), *name)), size
+
+
+def image_dataset(name, split, data_dir, download, manual_dir, num_examples, image_size, train):
+    """Any tfds image-classification split in memory, brought to the stored size as a folder's
+    images are: ``(uint8 images [N, S, S, 3], int64 labels, class names)``."""
+    import tensorflow_datasets as tfds
+
+    from keras_ffl.data.folder import fit_arrays
+
+    kwargs = {}
+    if manual_dir:
+        kwargs["download_and_prepare_kwargs"] = {"download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)}
+    try:
+        ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir or None,
+                             download=download, shuffle_files=False, **kwargs)
+    except Exception as e:  # tfds raises many types
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}") from None
+    label = info.supervised_keys[1] if info.supervised_keys else "label"
+    feature = info.features[label]
+    if not hasattr(feature, "names"):
+        raise DataError(f"tfds dataset '{name}' has no class label to classify (its supervised keys are "
+                        f"{info.supervised_keys})")
+    if num_examples:
+        ds = ds.take(num_examples)
+    images, labels = [], []
+    for image, target in ds.as_numpy_iterator():
+        images.append(image)
+        labels.append(int(target))
+    if not images:
+        raise DataError(f"tfds dataset '{name}' split '{split}' is empty")
+    return fit_arrays(images, image_size, train), np.asarray(labels, np.int64), tuple(feature.names)
+
+
+def class_names(name, data_dir=""):
+    """The class names of a tfds image-classification dataset (from its builder's info)."""
+    import tensorflow_datasets as tfds
+
+    info = tfds.builder(name, data_dir=data_dir or None).info
+    label = info.supervised_keys[1] if info.supervised_keys else "label"
+    return tuple(str(n) for n in info.features[label].names)
