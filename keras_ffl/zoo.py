@@ -255,8 +255,27 @@ def make_entry(model, config, flagfile, description, weights, metrics):
         "parameters": {p: count_part_parameters(model, config, p) for p in model.part_names},
         "weights": weights,
         "metrics": metrics,
+        "training": training_summary(config),
         "config": {**config.to_dict(), "model_dir": "", "pretrained_dir": ""},
     }
+
+
+def training_summary(config):
+    """What a user asks of pretrained weights first: on how many images, for how long, how."""
+    from keras_ffl.build import train_size_of
+
+    c = config
+    schedule = (f"lr {c.lr:g}, x{c.lr_gamma:g} at epochs {','.join(map(str, c.lr_milestones))}"
+                if c.lr_schedule == "step" else f"lr {c.lr:g}, cosine per epoch")
+    optimizer = f"SGD momentum {c.momentum:g}{' Nesterov' if c.nesterov else ''}, weight decay {c.weight_decay:g}"
+    summary = {"train_images": train_size_of(c), "epochs": c.epochs, "batch_size": c.batch_size,
+               "schedule": schedule, "optimizer": optimizer, "seed": c.seed}
+    if c.method == "afd":
+        summary["feature_optimizer"] = (f"Adam lr {c.feature_lr:g}, x{c.lr_gamma:g} at epochs "
+                                        f"{','.join(map(str, c.feature_lr_milestones))}")
+    if c.method == "ffcl":
+        summary["pretrain_epochs"] = c.pretrain_epochs or c.epochs
+    return summary
 
 
 def preprocessing_record(mean, std):
