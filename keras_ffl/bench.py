@@ -40,6 +40,11 @@ SUITE = (
     dict(method="one", backbones=("resnet32",), num_branches=3),
     dict(method="afd", backbones=("resnet32",), num_branches=2),
     dict(method="ffcl", backbones=("resnet32",), num_branches=2),
+    dict(method="cl_ilr", backbones=("resnet32",), num_branches=4),
+    dict(method="okddip", backbones=("resnet32",), num_branches=4),
+    dict(method="kdcl", backbones=("resnet32",), num_branches=2),
+    dict(method="mcl_okd", backbones=("resnet32",), num_branches=4),
+    dict(method="pcl", backbones=("resnet32",), num_branches=3),
 )
 
 
@@ -157,8 +162,8 @@ def time_pipeline(data, batches):
 
     start = time.perf_counter()
     count = 0
-    for images, _ in itertools.islice(iter(data.train), batches):
-        count += int(images.shape[0])
+    for _, labels in itertools.islice(iter(data.train), batches):  # inputs may be a dict (views, indices)
+        count += int(labels.shape[0])
     return count / (time.perf_counter() - start)
 
 

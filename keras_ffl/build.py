@@ -201,13 +201,19 @@ def compile_model(model, config, steps_per_epoch):
     return model
 
 
-def load_run(model_dir, weights="", **overrides):
+def load_run(model_dir, weights="", run_precision=False, **overrides):
     """Rebuilds a run from its model_dir (config.json plus weights) on one device.
 
-    ``overrides`` replace Config fields (``data_dir``, ``test_examples``...).  Returns
-    ``(model, config)``; raises ConfigError for a missing config or unreadable weights.
+    The model is built in the current dtype policy (float32 for export, the zoo and
+    initialisation), or with ``run_precision`` in the run's own (evaluate, so that it gives
+    the numbers of the run's report).  ``overrides`` replace Config fields (``data_dir``,
+    ``test_examples``...).  Returns ``(model, config)``; raises ConfigError for a missing
+    config or unreadable weights.
     """
     import dataclasses
+    import warnings
+
+    import keras
 
     from keras_ffl import run_dir
     from keras_ffl.config import Config, ConfigError
@@ -220,10 +226,20 @@ def load_run(model_dir, weights="", **overrides):
     config = dataclasses.replace(config, **{**local, **overrides}).validated(check_data=False)
     weights = weights or run_dir.find_weights(model_dir)
     spec = config.dataset_spec
-    model = build_model(config, spec.num_classes, spec.image_shape)
-    compile_model(model, config, 1)  # the run's own optimiser, so its saved state loads cleanly
+    policy = keras.mixed_precision.global_policy()
+    if run_precision and config.mixed_precision != "none":
+        keras.mixed_precision.set_global_policy(config.mixed_precision)
     try:
-        model.load_weights(weights, skip_mismatch=False)
+        model = build_model(config, spec.num_classes, spec.image_shape)
+        compile_model(model, config, 1)  # the run's own optimiser, so its saved state loads cleanly
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    try:
+        with warnings.catch_warnings():
+            # A float32 rebuild of a mixed_float16 run has no loss-scale variables; the optimiser
+            # state is not used by these callers, the weights all load.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(weights, skip_mismatch=False)
     except Exception as e:  # h5py/keras raise several types for corrupt or foreign files
         detail = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ConfigError(f"cannot load weights {weights}: {detail}") from None

@@ -34,7 +34,7 @@ def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
     overrides = {"data_dir": data_dir} if data_dir else {}
     if test_examples >= 0:
         overrides["test_examples"] = test_examples
-    model, config = load_run(model_dir, weights, **overrides)
+    model, config = load_run(model_dir, weights, run_precision=True, **overrides)
     check_data_dir(config.dataset, config.resolved_data_dir)
     data = load_data(config, splits=("test",))
     metrics = model.evaluate(data.test, return_dict=True, verbose=0)

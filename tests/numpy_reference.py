@@ -160,7 +160,7 @@ def mcl_contrastive(memory_rows, embeddings, memory_size, tau, eps=1e-7):
     """One ordered pair's per-example loss (CRD's NCE with a per-batch normaliser)."""
     scores = np.exp(np.einsum("bjd,bd->bj", memory_rows, embeddings) / tau)
     p = scores / (scores.mean() * memory_size)
-    m, noise = p.shape[1] - 1, (p.shape[1] - 1) / memory_size
+    noise = (p.shape[1] - 1) / memory_size  # m Pn, with m = k negatives and Pn = 1 / N
     return -(np.log(p[:, 0] / (p[:, 0] + noise + eps)) + np.log(noise / (p[:, 1:] + noise + eps)).sum(1))
 
 

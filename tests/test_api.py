@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
-from keras_ffl import AFD, DML, FFCL, FFL, ONE, OfflineKD, Vanilla, backbones
+from keras_ffl import AFD, CLILR, DML, FFCL, FFL, KDCL, MCLOKD, ONE, PCL, OfflineKD, OKDDip, Vanilla, backbones
 
 SHAPE, CLASSES = (16, 16, 3), 10
 
@@ -25,6 +25,20 @@ def data(count=32, seed=0):
     templates = rng.normal(size=(CLASSES, *SHAPE)).astype("float32")
     images = templates[labels] + 0.5 * rng.normal(size=(count, *SHAPE)).astype("float32")
     return images, labels
+
+
+NCE_K = 4
+
+
+def inputs_for(method, images, labels):
+    """MCL-OKD reads each example's index and its contrast indices (the example, then negatives
+    of other classes), a plain dict Keras slices like the images."""
+    if method != "mcl_okd":
+        return images
+    rng = np.random.default_rng(1)
+    index = np.arange(len(images))
+    negatives = [rng.choice(np.flatnonzero(labels != y), NCE_K) for y in labels]
+    return {"images": images, "index": index, "contrast": np.column_stack([index, np.stack(negatives)])}
 
 
 def networks(count, backbone="resnet8"):
@@ -47,11 +61,17 @@ def make(method, rampup_epochs=1):
         return FFL([*networks(1), backbones.build_network("wrn10_1", SHAPE, CLASSES, name="net1")], **common)
     if method == "kd":
         return OfflineKD(networks(1), teacher=teacher(), **common)
-    cls = {"dml": DML, "afd": AFD, "ffcl": FFCL, "vanilla": Vanilla}[method]
+    if method in ("cl_ilr", "okddip", "mcl_okd", "pcl"):
+        trunk, heads = backbones.build_branches("resnet8", SHAPE, CLASSES, num_branches=3)
+        extra = {"cl_ilr": dict(preset="okddip"), "mcl_okd": dict(memory_size=32, nce_k=NCE_K)}.get(method, {})
+        cls = {"cl_ilr": CLILR, "okddip": OKDDip, "mcl_okd": MCLOKD, "pcl": PCL}[method]
+        return cls(heads, trunk=trunk, **extra, **common)
+    cls = {"dml": DML, "afd": AFD, "ffcl": FFCL, "vanilla": Vanilla, "kdcl": KDCL}[method]
     return cls(networks(1 if method == "vanilla" else 2), **common)
 
 
-METHODS = ["ffl", "ffl-mixed", "dml", "one", "afd", "ffcl", "vanilla", "kd"]
+METHODS = ["ffl", "ffl-mixed", "dml", "one", "afd", "ffcl", "vanilla", "kd", "cl_ilr", "okddip", "kdcl", "mcl_okd",
+           "pcl"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -59,12 +79,15 @@ def test_compile_and_fit_from_numpy_with_no_prior_call_and_the_ramp_up_follows_t
     model = make(method, rampup_epochs=1)
     model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9))
     x, y = data()
-    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history
-    for epoch, weight in enumerate((math.exp(-5.0), 1.0)):  # w(0) = exp(-5); w(1) = 1, past the ramp-up
+    history = model.fit(inputs_for(method, x, y), y, batch_size=8, epochs=2, verbose=0).history
+    for epoch, ramp in enumerate((math.exp(-5.0), 1.0)):  # w(0) = exp(-5); w(1) = 1, past the ramp-up
         terms = {n: v[epoch] for n, v in history.items() if n in model.term_names}
         assert set(terms) == set(model.term_names)
-        expected = sum((weight if n.startswith("kd_") else 1.0) * v for n, v in terms.items())
+        expected = sum(model.term_weights.get(n, 1.0) * (ramp if n.startswith("kd_") else 1.0) * v
+                       for n, v in terms.items())
         assert history["loss"][epoch] == pytest.approx(expected, rel=1e-5), epoch
+    if method == "mcl_okd":
+        assert min(history["con"]) > 0  # the contrast indices reached the loss
     assert float(model.epoch) == 1.0
 
 
@@ -93,7 +116,8 @@ def weights_of(model):
 
 @pytest.mark.parametrize("method", METHODS)
 def test_keras_file_round_trip_resumes_training_exactly(tmp_path, method):
-    x, y = data()
+    images, y = data()
+    x = inputs_for(method, images, y)
     model = make(method, rampup_epochs=3)
     model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True))
     model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False)
@@ -104,7 +128,7 @@ def test_keras_file_round_trip_resumes_training_exactly(tmp_path, method):
         return {k: v for k, v in m.get_config().items() if k not in ("branches", "trunk", "teacher")}
 
     assert type(loaded) is type(model) and settings(loaded) == settings(model)
-    before, after = model.predict(x, verbose=0), loaded.predict(x, verbose=0)
+    before, after = model.predict(images, verbose=0), loaded.predict(images, verbose=0)
     assert before.keys() == after.keys()
     for part in before:
         np.testing.assert_array_equal(before[part], after[part])
@@ -153,7 +177,8 @@ def test_loss_and_metrics_arguments_are_refused_with_a_reason():
 def test_the_public_api_imports_no_backend_until_used():
     code = ("import sys, keras_ffl; from keras_ffl import config, specs, paths; "
             "assert not any(m in sys.modules for m in ('tensorflow', 'jax', 'keras')), sorted(sys.modules); "
-            "from keras_ffl import FFL, DML, ONE, AFD, FFCL, Vanilla, OfflineKD, backbones; print('ok')")
+            "from keras_ffl import FFL, DML, ONE, AFD, FFCL, Vanilla, OfflineKD, backbones; "
+            "from keras_ffl import CLILR, OKDDip, KDCL, MCLOKD, PCL; print('ok')")
     env = dict(os.environ, PYTHONPATH=REPO)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]

@@ -50,6 +50,12 @@ def run_cli(module, *args, timeout=600):
          "--manual_dir /nonexistent/ilsvrc does not exist"),
         (["--manual_dir=/tmp"], "--manual_dir is for tfds datasets; fashion_mnist does not use it"),
         (["--method=dml", "--init_dir=/nonexistent/run"], "no config.json in /nonexistent/run"),
+        (["--method=okddip", "--num_branches=2"], "at least 3"),
+        (["--method=kdcl", "--kdcl_teacher=general"], "needs --kdcl_holdout"),
+        (["--method=pcl", "--topology=independent"], "does not support --topology=independent"),
+        (["--method=cl_ilr", "--backbones=resnet8,wrn10_1"], "needs the same architecture"),
+        (["--method=mcl_okd", "--nce_m=1.5"], "nce_m"),
+        (["--method=kdcl", "--dataset=folder"], "--dataset=folder needs --data_dir"),
     ],
 )
 def test_bad_flags_exit_2_with_one_line_before_any_work(tmp_path, args, message):

@@ -46,23 +46,29 @@ def run(*args, backend="tensorflow"):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600)
 
 
-@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
-def test_kill_9_mid_epoch_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path, backend):
+@pytest.mark.parametrize("backend,method_flags", [
+    ("tensorflow", ["--method=ffl"]), ("jax", ["--method=ffl"]),
+    # memory banks, contrast indices drawn by the pipeline and one augmented view per peer
+    ("tensorflow", ["--method=mcl_okd", "--num_branches=3", "--nce_k=6"]),
+    ("jax", ["--method=pcl", "--num_branches=3"]),
+], ids=["ffl-tensorflow", "ffl-jax", "mcl_okd-tensorflow", "pcl-jax"])
+def test_kill_9_mid_epoch_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path, backend, method_flags):
     import json
 
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
     # 4 steps per epoch: step 6 is the middle of epoch 1 (the second), after the ramp-up and
     # before the learning-rate milestone, with augmentation and shuffling on.
-    killed = run("-c", KILL_AT_STEP, "6", *FLAGS, f"--model_dir={killed_dir}", backend=backend)
+    flags_ = [*FLAGS, *method_flags]
+    killed = run("-c", KILL_AT_STEP, "6", *flags_, f"--model_dir={killed_dir}", backend=backend)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert not (killed_dir / "report.json").exists()
     assert sorted(os.listdir(killed_dir / "backup")) == ["epoch-1.weights.h5"]
 
-    resumed = run("-m", "keras_ffl.train", *FLAGS, f"--model_dir={killed_dir}", backend=backend)
+    resumed = run("-m", "keras_ffl.train", *flags_, f"--model_dir={killed_dir}", backend=backend)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "Resuming the run" in resumed.stdout and "after epoch 1" in resumed.stdout
     assert f"Keras on {backend}" in resumed.stdout
-    clean = run("-m", "keras_ffl.train", *FLAGS, f"--model_dir={clean_dir}", backend=backend)
+    clean = run("-m", "keras_ffl.train", *flags_, f"--model_dir={clean_dir}", backend=backend)
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     a, b = read_weights(killed_dir / "model.weights.h5"), read_weights(clean_dir / "model.weights.h5")

@@ -21,7 +21,12 @@ import keras
 from keras import ops
 
 from keras_ffl.engines import applications, gradient_loss, unpack
+from keras_ffl.engines import single_program
 from keras_ffl.optimizers import OptimizerGroup
+
+# The step sees the global batch in one program (the collectives the methods call).
+all_gather, global_mean, cross_replica = (single_program.all_gather, single_program.global_mean,
+                                          single_program.cross_replica)
 
 
 def iteration_variable(optimizer):
@@ -131,16 +136,3 @@ def report(model, outputs, labels, terms, non_trainable, metrics_values):
     with keras.StatelessScope(state_mapping=mapping) as scope:
         logs = model.update_metrics(outputs, labels, terms)
     return logs, [scope.get_current_value(v) for v in metric_vars]
-
-
-# A jitted step computes on the global batch: nothing to gather or reduce across devices.
-def all_gather(value):
-    return value
-
-
-def global_mean(value):
-    return ops.mean(value)
-
-
-def cross_replica(function):
-    return function()

@@ -10,7 +10,12 @@ import torch
 from keras import ops
 
 from keras_ffl.engines import applications, gradient_loss, unpack
+from keras_ffl.engines import single_program
 from keras_ffl.optimizers import OptimizerGroup
+
+# The step sees the global batch in one program (the collectives the methods call).
+all_gather, global_mean, cross_replica = (single_program.all_gather, single_program.global_mean,
+                                          single_program.cross_replica)
 
 
 def train_step(model, data):
@@ -46,15 +51,3 @@ def test_step(model, data):
     with torch.no_grad():
         outputs = model.forward(inputs, training=False)
         return model.update_metrics(outputs, labels, model.compute_losses(outputs, labels))
-
-
-def all_gather(value):
-    return value
-
-
-def global_mean(value):
-    return ops.mean(value)
-
-
-def cross_replica(function):
-    return function()
