@@ -23,13 +23,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
 
+_tests_since_collection = 0
+
+
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
+    """Keras's global state back to a blank one after every test.  A full garbage collection
+    costs seconds once a worker holds hundreds of finished models, so it runs every 25
+    tests rather than after each."""
+    import gc
+
     import keras
 
+    global _tests_since_collection
     keras.mixed_precision.set_global_policy("float32")
     yield
-    keras.backend.clear_session()
+    keras.backend.clear_session(free_memory=False)
+    _tests_since_collection += 1
+    if _tests_since_collection >= 25:
+        _tests_since_collection = 0
+        gc.collect()
 
 
 @pytest.fixture(scope="session")
