@@ -91,18 +91,22 @@ def test_compile_and_fit_from_numpy_with_no_prior_call_and_the_ramp_up_follows_t
     assert float(model.epoch) == 1.0
 
 
-@pytest.mark.parametrize("method", ["ffl", "afd", "dml"])
+@pytest.mark.parametrize("method", METHODS)
 def test_fit_takes_tf_data_and_a_py_dataset(method):
-    x, y = data()
+    images, y = data()
+    x = inputs_for(method, images, y)
+    sources = [tf.data.Dataset.from_tensor_slices((x, y)).batch(8)]
+    if method in ("ffl", "afd", "dml"):  # one of each update pattern also from a PyDataset
 
-    class Batches(keras.utils.PyDataset):
-        def __len__(self):
-            return 4
+        class Batches(keras.utils.PyDataset):
+            def __len__(self):
+                return 4
 
-        def __getitem__(self, index):
-            return x[8 * index:8 * index + 8], y[8 * index:8 * index + 8]
+            def __getitem__(self, index):
+                return x[8 * index:8 * index + 8], y[8 * index:8 * index + 8]
 
-    for source in (tf.data.Dataset.from_tensor_slices((x, y)).batch(8), Batches()):
+        sources.append(Batches())
+    for source in sources:
         model = make(method)
         model.compile(optimizer="sgd")
         history = model.fit(source, epochs=1, verbose=0).history

@@ -46,6 +46,9 @@ def installed(tmp_path_factory):
     package, zoo = located.stdout.split()
     assert package.startswith(site) and not package.startswith(REPO)
     assert zoo == os.path.join(site, "keras_ffl", "zoo_files")
+    versions = run("-c", "import importlib.metadata as m, keras_ffl; print(m.version('keras-ffl'), keras_ffl.__version__)")
+    installed_version, package_version = versions.stdout.split()
+    assert installed_version == package_version  # one version, from the package
     return run, work
 
 
