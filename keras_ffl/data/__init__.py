@@ -62,10 +62,8 @@ def in_memory_split(config, split):
         from keras_ffl.data.tfds import image_dataset
 
         tfds_split = config.train_split if split == "train" else config.test_split
-        images, labels, _ = image_dataset(config.dataset[len("tfds:"):], tfds_split, config.data_dir,
-                                          config.download, config.manual_dir, num_examples,
-                                          spec.image_shape[0], split == "train")
-        return images, labels
+        return image_dataset(config.dataset[len("tfds:"):], tfds_split, config.data_dir, config.download,
+                             config.manual_dir, num_examples, spec.image_shape[0], split == "train")
     if spec.source == "cifar" and not sources.find_cifar_archive(config.dataset, config.resolved_data_dir):
         try:
             from keras_ffl.data.tfds import tfds_arrays
@@ -121,7 +119,7 @@ def recipe_of(config, image_side):
     return augment.ResizedCropFlip(config.dataset_spec.image_shape[0]).bind(image_side)
 
 
-def held_out(images, labels, count, seed):
+def held_out(labels, count, seed):
     """KDCL General's held-out examples: ``count`` of a seeded permutation, kept out of training."""
     import numpy as np
 
@@ -176,7 +174,7 @@ def load_data(config, splits=("train", "test"), views=1, with_index=False, shard
     if "train" in splits:
         images, labels = in_memory_split(config, "train")
         if holdout:
-            keep, held = held_out(images, labels, holdout, config.seed)
+            keep, held = held_out(labels, holdout, config.seed)
             holdout_images, holdout_labels = images[held], labels[held]
             images, labels = images[keep], labels[keep]
         config = config.with_data_facts(**data_facts(config, images))

@@ -10,17 +10,27 @@ from keras_ffl import specs
 from keras_ffl.errors import DataError
 
 
+def manual_dir_kwargs(manual_dir):
+    """``tfds.load`` arguments that point its preparation at the files in ``manual_dir``."""
+    import tensorflow_datasets as tfds
+
+    if not manual_dir:
+        return {}
+    return {"download_and_prepare_kwargs": {"download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)}}
+
+
+def label_feature(info):
+    """The ``ClassLabel`` feature of a tfds dataset's info (its supervised label)."""
+    return info.features[info.supervised_keys[1] if info.supervised_keys else "label"]
+
+
 def tfds_split(name, split, data_dir, download, manual_dir=""):
     """A tfds split as ``(image, label)``, or ``(JPEG bytes, label, file name)`` for datasets
     whose images are decoded by the pipeline (ImageNet)."""
     import tensorflow_datasets as tfds
 
     spec = specs.DATASETS[name]
-    kwargs = {}
-    if manual_dir:
-        kwargs["download_and_prepare_kwargs"] = {
-            "download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)
-        }
+    kwargs = manual_dir_kwargs(manual_dir)
     kwargs.update(split=split, data_dir=data_dir or None, download=download, shuffle_files=False)
     try:
         if spec.encoded_images:
@@ -89,23 +99,18 @@ def streamed_split(dataset, split, data_dir, download, num_examples, manual_dir=
 
 def image_dataset(name, split, data_dir, download, manual_dir, num_examples, image_size, train):
     """Any tfds image-classification split in memory, brought to the stored size as a folder's
-    images are: ``(uint8 images [N, S, S, 3], int64 labels, class names)``."""
+    images are: ``(uint8 images [N, S, S, 3], int64 labels)``; ``class_names`` gives the names."""
     import tensorflow_datasets as tfds
 
     from keras_ffl.data.folder import fit_arrays
 
-    kwargs = {}
-    if manual_dir:
-        kwargs["download_and_prepare_kwargs"] = {"download_config": tfds.download.DownloadConfig(manual_dir=manual_dir)}
     try:
         ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir or None,
-                             download=download, shuffle_files=False, **kwargs)
+                             download=download, shuffle_files=False, **manual_dir_kwargs(manual_dir))
     except Exception as e:  # tfds raises many types
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}") from None
-    label = info.supervised_keys[1] if info.supervised_keys else "label"
-    feature = info.features[label]
-    if not hasattr(feature, "names"):
+    if not hasattr(label_feature(info), "names"):
         raise DataError(f"tfds dataset '{name}' has no class label to classify (its supervised keys are "
                         f"{info.supervised_keys})")
     if num_examples:
@@ -116,13 +121,11 @@ def image_dataset(name, split, data_dir, download, manual_dir, num_examples, ima
         labels.append(int(target))
     if not images:
         raise DataError(f"tfds dataset '{name}' split '{split}' is empty")
-    return fit_arrays(images, image_size, train), np.asarray(labels, np.int64), tuple(feature.names)
+    return fit_arrays(images, image_size, train), np.asarray(labels, np.int64)
 
 
 def class_names(name, data_dir=""):
     """The class names of a tfds image-classification dataset (from its builder's info)."""
     import tensorflow_datasets as tfds
 
-    info = tfds.builder(name, data_dir=data_dir or None).info
-    label = info.supervised_keys[1] if info.supervised_keys else "label"
-    return tuple(str(n) for n in info.features[label].names)
+    return tuple(str(n) for n in label_feature(tfds.builder(name, data_dir=data_dir or None).info).names)
