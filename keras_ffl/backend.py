@@ -42,6 +42,22 @@ def activate(name):
     os.environ["KERAS_BACKEND"] = name
 
 
+def prepare_jax(name, cpu_devices, mixed_precision):
+    """What JAX reads when it starts: the host-device split of ``--cpu_devices`` (``XLA_FLAGS``;
+    TensorFlow splits its CPU at run time) and, for ``--mixed_precision=float64``, 64-bit
+    types, without which JAX computes a float64 policy in float32."""
+    if name != "jax":
+        return
+    if cpu_devices > 1 and running() is None:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={cpu_devices}".strip()
+    if mixed_precision == "float64":
+        os.environ["JAX_ENABLE_X64"] = "1"
+        if "jax" in sys.modules:
+            sys.modules["jax"].config.update("jax_enable_x64", True)
+
+
 def import_quietly(name):
     """Imports Keras on ``name`` with stderr held aside; what was printed is shown only if the
     import fails."""

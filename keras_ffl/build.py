@@ -162,6 +162,22 @@ def build_model(config, num_classes, image_shape):
     )
 
 
+def build_model_from_float32_draws(config, num_classes, image_shape):
+    """A float64 run is the numerical reference of the float32 run with the same seed, so it
+    starts from that run's initial weights: initialisers draw other numbers in float64."""
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    keras.utils.set_random_seed(config.seed)
+    try:
+        float32_twin = build_model(config, num_classes, image_shape)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(config.seed)
+    model = build_model(config, num_classes, image_shape)
+    model.set_weights(float32_twin.get_weights())
+    return model
+
+
 def step_schedule(base_lr, milestones, gamma, steps_per_epoch):
     """lr x gamma at each milestone epoch, in optimiser iterations so a restored optimiser
     resumes it.  The first step of epoch m has iteration m * steps; PiecewiseConstantDecay
@@ -285,6 +301,9 @@ def build(config, splits=("train", "test"), shard=(0, 1)):
 
     needs = DATA_NEEDS.get(config.method)
     data = load_data(config, splits, shard=shard, **(needs(config) if needs else {}))
-    model = build_model(data.config, data.num_classes, data.image_shape)
+    if config.mixed_precision == "float64":
+        model = build_model_from_float32_draws(data.config, data.num_classes, data.image_shape)
+    else:
+        model = build_model(data.config, data.num_classes, data.image_shape)
     compile_model(model, data.config, max(data.steps_per_epoch, 1))
     return model, data

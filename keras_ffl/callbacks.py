@@ -4,6 +4,7 @@ import math
 import os
 import re
 import sys
+import tempfile
 import time
 
 import keras
@@ -70,13 +71,13 @@ class AtomicCheckpoint(keras.callbacks.Callback):
     so an interrupted save never replaces a good checkpoint with half of one, and never
     after a diverged epoch."""
 
-    def __init__(self, path):
+    def __init__(self, path, write=True, join=False):
         super().__init__()
-        self.path = path
+        self.path, self.write, self.join = path, write, join
 
     def on_epoch_end(self, epoch, logs=None):
         if not diverged(logs):
-            save_weights_atomically(self.model, self.path)
+            save_weights_in_step(self.model, self.path, self.write, self.join)
 
 
 class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
@@ -91,14 +92,16 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
       *before* the data stream is built, so the stream starts at the epoch the weights are at;
     * nothing is written after a diverged (NaN/inf) epoch, and the files are kept when
       training ends that way, so rerunning resumes from the last good epoch;
-    * only the chief writes (``write=False`` on the other workers; all of them read).
+    * only the chief writes (``write=False`` on the other workers; all of them read, so a
+      resumed cluster needs ``model_dir`` on storage every worker sees); ``join=True`` makes
+      a worker that does not write still run each save (see ``save_weights_in_step``).
     """
 
     NAME = re.compile(r"epoch-(\d+)\.weights\.h5$")
 
-    def __init__(self, backup_dir, write=True, keep=2):
+    def __init__(self, backup_dir, write=True, keep=2, join=False):
         super().__init__(backup_dir, delete_checkpoint=True)
-        self.write, self.keep = write, keep
+        self.write, self.keep, self.join = write, keep, join
         self.diverged = False
         self.restored = False
 
@@ -142,11 +145,13 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
         super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
-        if not self.write or self.diverged:
+        if self.diverged:
             return
-        save_weights_atomically(self.model, os.path.join(self.backup_dir, f"epoch-{self._current_epoch}.weights.h5"))
-        for _, old in self.checkpoints()[self.keep:]:
-            os.remove(old)
+        path = os.path.join(self.backup_dir, f"epoch-{self._current_epoch}.weights.h5")
+        save_weights_in_step(self.model, path, self.write, self.join)
+        if self.write:
+            for _, old in self.checkpoints()[self.keep:]:
+                os.remove(old)
 
     def on_train_end(self, logs=None):
         if self.write and not self.diverged:  # a finished run needs no resume point
@@ -166,3 +171,16 @@ def save_weights_atomically(model, path):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise WriteError(f"cannot write {path}: {e.strerror or e}; the previous file there is intact") from None
+
+
+def save_weights_in_step(model, path, write=True, join=False):
+    """Saves the weights to ``path`` on the process that writes (``write``).  ``join``: a process
+    that does not write still runs the save, into a scratch file it deletes.  On JAX across
+    several processes, saving creates variables (Keras's saving builds a reference optimiser
+    once) and creating a variable is a collective every process must enter, so the processes
+    that do not write save in step with the one that does."""
+    if write:
+        save_weights_atomically(model, path)
+    elif join:
+        with tempfile.TemporaryDirectory(prefix="keras_ffl_unkept_") as scratch:
+            model.save_weights(os.path.join(scratch, os.path.basename(path)))

@@ -323,11 +323,18 @@ class Config:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
 
     def differences(self, other, ignore=("verbose", "download", "task_index", "backend")):
-        """Fields that differ; the data's own facts only where both know them."""
+        """Fields that differ; the data's own facts only where both know them; of
+        ``worker_hosts`` only how many workers there are (a restarted cluster resumes on
+        other hosts or ports)."""
+
+        def compared(name, config):
+            value = getattr(config, name)
+            return len(value) if name == "worker_hosts" else value
+
         return [
             f.name
             for f in dataclasses.fields(self)
-            if f.name not in ignore and getattr(self, f.name) != getattr(other, f.name)
+            if f.name not in ignore and compared(f.name, self) != compared(f.name, other)
             and not (f.name in DATA_FACTS and not (getattr(self, f.name) and getattr(other, f.name)))
         ]
 
@@ -640,14 +647,17 @@ _HELP = {
     "the same on every backend; the JAX backend is the GPU path where TensorFlow has no CUDA build.",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",
-    "strategy": "tf.distribute strategy.",
+    "strategy": "default (one device), mirrored (every local device: tf.distribute.MirroredStrategy, or "
+    "keras.distribution.DataParallel on JAX) or multi_worker (several processes: MultiWorkerMirroredStrategy, or JAX's "
+    "distributed runtime through keras.distribution.initialize).",
     "worker_hosts": "Multi-worker: host:port of every worker, the same list on each (instead of TF_CONFIG); "
-    "worker 0 is the chief, the only one that writes.",
+    "worker 0 is the chief, the only one that writes (on JAX it also coordinates).",
     "task_index": "Multi-worker: this worker's index in --worker_hosts.",
-    "cpu_devices": "Split the CPU into N logical devices (MirroredStrategy on a machine without GPUs).",
+    "cpu_devices": "Split the CPU into N logical devices for --strategy=mirrored on a machine without GPUs.",
     "sync_bn": "Synchronise BatchNorm statistics across replicas.",
     "mixed_precision": "Keras dtype policy: mixed_float16 (GPUs), mixed_bfloat16 (CPUs and TPUs with bf16 units), "
-    "or float64 (every layer and variable in double precision: a numerical reference run).",
+    "or float64 (every layer and variable in double precision, from the float32 run's initial weights: a numerical "
+    "reference run).",
     "jit_compile": "XLA compilation of the train step (auto: on when a GPU is present).",
     "verbose": "Keras fit verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
 }

@@ -2,7 +2,8 @@
 
 ``make_distribution(config)`` returns one object with the same surface on every backend:
 ``scope()`` (where models and optimisers are built), ``num_replicas``, ``is_chief`` (the one
-process that writes checkpoints, logs and reports) and ``feed(stream)``.
+process that writes checkpoints, logs and reports), ``saves_are_collective`` (every process
+must run each save, JAX across processes) and ``feed(stream)``.
 
 * TensorFlow: ``--strategy=mirrored`` is a MirroredStrategy over the local GPUs (or
   ``--cpu_devices`` logical CPUs); ``multi_worker`` a MultiWorkerMirroredStrategy from
@@ -20,6 +21,8 @@ import os
 
 import keras
 
+from keras_ffl.errors import ConfigError
+
 
 def num_replicas():
     """How many replicas a training step is split over, on the running backend."""
@@ -32,15 +35,6 @@ def num_replicas():
         distribution = keras.distribution.distribution()
         return int(distribution.device_mesh.devices.size) if distribution is not None else 1
     return 1
-
-
-def before_backend_import(config):
-    """What must happen before Keras's backend starts: the JAX host-device split."""
-    if config.cpu_devices > 1 and os.environ.get("KERAS_BACKEND") == "jax":
-        flag = f"--xla_force_host_platform_device_count={config.cpu_devices}"
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} {flag}".strip()
 
 
 # ------------------------------------------------------------------- TensorFlow
@@ -111,6 +105,7 @@ class TensorFlowDistribution:
         self.num_replicas = self.strategy.num_replicas_in_sync
         self.is_chief = tf_is_chief(self.strategy)
         self.process = (0, 1)
+        self.saves_are_collective = False
 
     def scope(self):
         return self.strategy.scope()
@@ -122,11 +117,14 @@ class TensorFlowDistribution:
 # -------------------------------------------------------------------------- JAX
 @functools.lru_cache(maxsize=None)
 def jax_initialize(coordinator, num_processes, process_id):
-    """JAX's distributed runtime, started once per process."""
+    """JAX's distributed runtime, started once per process, before anything starts a JAX
+    backend (so nothing here may ask JAX for its devices)."""
     import jax
 
-    if jax.default_backend() == "cpu":
+    try:  # cross-process collectives on CPU hosts; the default from JAX 0.4.36, set for older ones
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    except AttributeError:
+        pass
     keras.distribution.initialize(coordinator, num_processes, process_id)
 
 
@@ -138,13 +136,25 @@ class JaxDistribution:
             jax_initialize(config.worker_hosts[0], len(config.worker_hosts), config.task_index)
         if config.strategy in ("mirrored", "multi_worker"):
             devices = jax.devices()
-            keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+            if config.cpu_devices > 1 and jax.default_backend() == "cpu":
+                if len(devices) < config.cpu_devices:
+                    raise ConfigError(f"--cpu_devices={config.cpu_devices} but JAX started with {len(devices)} CPU "
+                                      "device(s): the split is made before JAX starts (python -m keras_ffl.train "
+                                      "does it; in Python set XLA_FLAGS=--xla_force_host_platform_device_count="
+                                      f"{config.cpu_devices} before importing Keras)")
+                devices = devices[:config.cpu_devices]
+            # Each process's stream already holds its share of every global batch (load_data's
+            # shard), which keeps the batches one process would see; Keras's own sharding
+            # takes tf.data input only.
+            keras.distribution.set_distribution(
+                keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False))
             self.num_replicas = len(devices)
         else:
             keras.distribution.set_distribution(None)
             self.num_replicas = 1
         self.process = (jax.process_index(), jax.process_count())
         self.is_chief = self.process[0] == 0
+        self.saves_are_collective = self.process[1] > 1
 
     def scope(self):
         return contextlib.nullcontext()
@@ -156,7 +166,7 @@ class JaxDistribution:
 class SingleDevice:
     """Any other backend: one device."""
 
-    num_replicas, is_chief, process = 1, True, (0, 1)
+    num_replicas, is_chief, process, saves_are_collective = 1, True, (0, 1), False
 
     def __init__(self, config):
         if config.strategy != "default":

@@ -42,14 +42,10 @@ def run_pretraining(config, extra_callbacks=()):
 
 
 def logging_callbacks(config):
+    """The chief's logs: history.csv and TensorBoard."""
     import keras
 
-    from keras_ffl.callbacks import AtomicCheckpoint
-
-    callbacks = [
-        AtomicCheckpoint(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT)),
-        keras.callbacks.CSVLogger(run_dir.path(config.model_dir, run_dir.HISTORY), append=True),
-    ]
+    callbacks = [keras.callbacks.CSVLogger(run_dir.path(config.model_dir, run_dir.HISTORY), append=True)]
     if importlib.util.find_spec("tensorflow") is not None:  # Keras's TensorBoard writes through tf.summary
         callbacks.append(keras.callbacks.TensorBoard(run_dir.path(config.model_dir, run_dir.TENSORBOARD),
                                                      profile_batch=0))
@@ -71,6 +67,7 @@ def train(config, extra_callbacks=()):
     """Runs a validated Config to completion (and FFCL's pre-training stage first);
     returns the report dict."""
     backend.activate(config.backend)
+    backend.prepare_jax(config.backend, config.cpu_devices, config.mixed_precision)
     writer = run_dir.writes_here(config)
     if writer:
         run_dir.check_writable(config.model_dir)
@@ -89,7 +86,7 @@ def _train(config, extra_callbacks):
     import keras
 
     from keras_ffl.build import WARM_STARTS, build, initialize_from
-    from keras_ffl.callbacks import ResumeCheckpoint, Throughput, save_weights_atomically
+    from keras_ffl.callbacks import AtomicCheckpoint, ResumeCheckpoint, Throughput, save_weights_in_step
     from keras_ffl.data import corrupt_records_named
     from keras_ffl.distribute import make_distribution
     from keras_ffl.report import format_table, summarize, write_report
@@ -116,9 +113,11 @@ def _train(config, extra_callbacks):
         config.save(run_dir.path(config.model_dir, run_dir.CONFIG))
 
     throughput = Throughput(config.batch_size)
-    resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief)
+    join = distribution.saves_are_collective
+    resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief, join=join)
     start_epoch = resume.restore(model)
-    callbacks = [throughput, keras.callbacks.TerminateOnNaN(), resume]
+    last = AtomicCheckpoint(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT), write=chief, join=join)
+    callbacks = [throughput, keras.callbacks.TerminateOnNaN(), resume, last]
     if data.holdout is not None:  # KDCL General: its weights from the held-out images, every epoch
         callbacks.insert(0, GeneralWeights(*data.holdout))
     if chief:
@@ -170,8 +169,8 @@ def _train(config, extra_callbacks):
         "backend": keras.backend.backend(),
         "class_names": config.labels,
     }
+    save_weights_in_step(model, run_dir.path(config.model_dir, run_dir.WEIGHTS), chief, join)
     if chief:
-        save_weights_atomically(model, run_dir.path(config.model_dir, run_dir.WEIGHTS))
         write_report(run_dir.path(config.model_dir, run_dir.REPORT), report)
     title = f"{config.method.upper()} {'/'.join(config.backbones)} on {config.dataset} ({data.test_size} test images)"
     print(format_table(rows, title), flush=True)

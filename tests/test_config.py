@@ -87,3 +87,13 @@ def test_broken_config_json_is_a_clear_error(tmp_path):
     (tmp_path / "config.json").write_text('{"method": "ffl", "surprise": 1}')
     with pytest.raises(ConfigError, match="unknown configuration keys: surprise"):
         Config.load(str(tmp_path / "config.json"))
+
+
+def test_a_restarted_cluster_may_resume_on_other_hosts_but_not_with_another_worker_count():
+    def cluster(*hosts, task_index=0):
+        return Config(strategy="multi_worker", worker_hosts=hosts, task_index=task_index)
+
+    first = cluster("a:1000", "b:1000")
+    assert first.differences(cluster("c:2000", "d:2000", task_index=1)) == []
+    assert first.differences(cluster("a:1000", "b:1000", "c:1000")) == ["worker_hosts"]
+    assert first.differences(Config(lr=0.5, strategy="multi_worker", worker_hosts=("a:1000", "b:1000"))) == ["lr"]

@@ -1,19 +1,23 @@
-"""MultiWorkerMirroredStrategy from the CLI: two worker processes on loopback ports train the
-same run as one process on the same global batch.
+"""Several processes from the CLI train the same run as one process on the same global batch:
+TensorFlow's MultiWorkerMirroredStrategy, and JAX's distributed runtime
+(``keras.distribution.initialize``, gloo collectives on CPU), two workers on loopback ports.
 
 Both runs synchronise BatchNorm (a no-op on one replica), so every step sees the statistics
 of the whole global batch; the pipeline keys every random draw by the example's position
 in its epoch, so rebatching across workers changes neither the examples nor their crops.
-What remains is the order of float additions in the all-reduce.
+What remains is the order of float additions in the all-reduce, bounded by the float32 noise
+measured against the float64 run (which starts from the float32 run's initial weights).
 """
 
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from helpers import assert_within_float32_noise, kl_scales, read_weights
@@ -37,6 +41,12 @@ def free_ports(count):
 def read_history(model_dir):
     with open(os.path.join(model_dir, "history.csv")) as f:
         return list(csv.DictReader(f))
+
+
+def logged_losses(model_dir):
+    """Some of the losses history.csv logged, by name and epoch."""
+    return {f"{name} epoch {epoch}": float(value) for epoch, row in enumerate(read_history(model_dir))
+            for name, value in row.items() if name in ("loss", "ce_net0", "ce_fused", "kd_net0")}
 
 
 def test_two_workers_on_loopback_match_one_process(tmp_path):
@@ -68,12 +78,85 @@ def test_two_workers_on_loopback_match_one_process(tmp_path):
     mirrored_dir, _ = run_alone("mirrored", "--strategy=mirrored", "--cpu_devices=2")
     exact_dir, _ = run_alone("float64", "--mixed_precision=float64")
 
-    def history(model_dir):
-        return {f"{name} epoch {epoch}": float(value) for epoch, row in enumerate(read_history(model_dir))
-                for name, value in row.items() if name in ("loss", "ce_net0", "ce_fused", "kd_net0")}
-
-    logged = [history(d) for d in (dirs[0], single_dir, mirrored_dir, exact_dir)]
+    logged = [logged_losses(d) for d in (dirs[0], single_dir, mirrored_dir, exact_dir)]
     assert_within_float32_noise(logged[0], logged[1], logged[1:3], logged[3], what="logged",
                                 scales=kl_scales(logged[1], 3.0, 10))
     weights = [read_weights(os.path.join(d, "model.weights.h5")) for d in (dirs[0], single_dir, mirrored_dir, exact_dir)]
+    assert_within_float32_noise(weights[0], weights[1], weights[1:3], weights[3], what="weights")
+
+
+# Kills the process after a given training step of the run (counted from epoch 0).
+KILL_AT_STEP = """
+import os, signal, sys
+import keras
+from keras_ffl.train import parse_config, train
+
+class KillAtStep(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch * int(self.params["steps"]) + batch + 1 == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
+"""
+
+
+def jax_cluster(model_dir, *flags, kill_at_step=None):
+    """Two JAX processes sharing ``model_dir`` (as on shared storage); returns their outputs."""
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    env.pop("XLA_FLAGS", None)
+    hosts = ",".join(f"localhost:{p}" for p in free_ports(2))
+    program = ["-c", KILL_AT_STEP, str(kill_at_step)] if kill_at_step else ["-m", "keras_ffl.train"]
+    workers = [
+        subprocess.Popen([sys.executable, *program, *flags, f"--model_dir={model_dir}", "--backend=jax",
+                          "--strategy=multi_worker", f"--worker_hosts={hosts}", f"--task_index={i}"],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for i in range(2)
+    ]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    return [w.returncode for w in workers], outputs
+
+
+def test_two_jax_processes_match_one_process_and_resume_after_kill_9(tmp_path):
+    flags = [*FLAGS, "--epochs=3", "--steps_per_epoch=4", "--lr_milestones=2"]
+    cluster_dir, killed_dir = tmp_path / "cluster", tmp_path / "killed"
+    codes, outputs = jax_cluster(cluster_dir, *flags)
+    assert codes == [0, 0], "\n".join(out[-3000:] for out in outputs)
+    assert "2 replica(s), Keras on jax" in outputs[0]
+    report = json.loads((cluster_dir / "report.json").read_text())
+    assert report["replicas"] == 2 and report["backend"] == "jax"
+
+    # kill -9 of both workers in epoch 1, then the same command: the cluster resumes from the
+    # shared model_dir and ends where the uninterrupted cluster ended, bit for bit.
+    codes, outputs = jax_cluster(killed_dir, *flags, kill_at_step=6)
+    assert codes[0] == -signal.SIGKILL, outputs[0][-3000:]
+    assert codes[1] != 0
+    assert sorted(os.listdir(killed_dir / "backup")) == ["epoch-1.weights.h5"]
+    codes, outputs = jax_cluster(killed_dir, *flags)
+    assert codes == [0, 0], "\n".join(out[-3000:] for out in outputs)
+    assert all("Resuming the run" in out and "after epoch 1" in out for out in outputs)
+    resumed, uninterrupted = (read_weights(d / "model.weights.h5") for d in (killed_dir, cluster_dir))
+    assert resumed.keys() == uninterrupted.keys()
+    for name in resumed:
+        np.testing.assert_array_equal(resumed[name], uninterrupted[name], err_msg=name)
+
+    def run_alone(name, *extra):
+        model_dir = tmp_path / name
+        result = subprocess.run([sys.executable, "-m", "keras_ffl.train", *flags, f"--model_dir={model_dir}",
+                                 "--backend=jax", *extra], capture_output=True, text=True, timeout=300,
+                                env={k: v for k, v in os.environ.items() if k != "XLA_FLAGS"})
+        assert result.returncode == 0, result.stderr[-3000:]
+        return model_dir
+
+    single_dir = run_alone("single")
+    mirrored_dir = run_alone("mirrored", "--strategy=mirrored", "--cpu_devices=2")
+    assert json.loads((mirrored_dir / "report.json").read_text())["replicas"] == 2  # --cpu_devices split JAX's CPU
+    exact_dir = run_alone("float64", "--mixed_precision=float64")
+    dirs = (cluster_dir, single_dir, mirrored_dir, exact_dir)
+    logged = [logged_losses(d) for d in dirs]
+    assert_within_float32_noise(logged[0], logged[1], logged[1:3], logged[3], what="logged",
+                                scales=kl_scales(logged[1], 3.0, 10))
+    weights = [read_weights(d / "model.weights.h5") for d in dirs]
     assert_within_float32_noise(weights[0], weights[1], weights[1:3], weights[3], what="weights")

@@ -191,6 +191,23 @@ def test_any_tfds_name_trains_on_mock_data_and_an_unknown_one_is_refused(tmp_pat
     assert unknown.returncode == 2 and len(lines) == 1 and "tfds:no_such_dataset" in lines[0], unknown.stderr
 
 
+def test_a_tfds_dataset_not_prepared_is_one_line_that_says_how_and_download_can_start(tmp_path):
+    """Without --download: the error names the dataset and the flag.  With it, tfds gets as far
+    as its download (tfds 4.9.10 needs the importlib_resources backport there, which
+    keras_ffl declares), here stopped before any network access."""
+    import tensorflow_datasets as tfds
+
+    missing = run("-m", "keras_ffl.train", "--dataset=tfds:mnist", f"--data_dir={tmp_path}", "--nodownload",
+                  f"--model_dir={tmp_path / 'run'}")
+    lines = missing.stderr.strip().splitlines()
+    assert missing.returncode == 2, missing.stderr
+    assert len(lines) == 1, missing.stderr  # tfds's own warnings about the empty folder are held back
+    assert "cannot load tfds dataset 'mnist' split 'train'" in lines[0] and "pass --download" in lines[0]
+    assert not (tmp_path / "run" / "config.json").exists()
+    builder = tfds.builder("mnist", data_dir=str(tmp_path))
+    assert os.path.isdir(str(builder.code_path.parent))  # what download_and_prepare reads first
+
+
 def test_kill_9_and_resume_on_a_folder_dataset_end_bit_identical(tmp_path):
     from test_faults import KILL_AT_STEP
 

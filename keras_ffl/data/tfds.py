@@ -1,6 +1,8 @@
 """TensorFlow Datasets: CIFAR (when no python archive is given), imagenet2012 and the other
 tfds sets.  Needs TensorFlow; imported only when such a dataset is used."""
 
+import contextlib
+import logging
 import re
 
 import numpy as np
@@ -24,6 +26,28 @@ def label_feature(info):
     return info.features[info.supervised_keys[1] if info.supervised_keys else "label"]
 
 
+@contextlib.contextmanager
+def log_shown_on_success():
+    """tfds's log lines (through absl) held while a dataset loads, and shown only if it loads:
+    a dataset that is not there gives the one error line alone."""
+    logger = logging.getLogger("absl")
+    held = []
+
+    class Hold(logging.Filter):
+        def filter(self, record):
+            held.append(record)
+            return False
+
+    hold = Hold()
+    logger.addFilter(hold)
+    try:
+        yield
+    finally:
+        logger.removeFilter(hold)
+    for record in held:
+        logger.handle(record)
+
+
 def tfds_split(name, split, data_dir, download, manual_dir=""):
     """A tfds split as ``(image, label)``, or ``(JPEG bytes, label, file name)`` for datasets
     whose images are decoded by the pipeline (ImageNet)."""
@@ -33,16 +57,22 @@ def tfds_split(name, split, data_dir, download, manual_dir=""):
     kwargs = manual_dir_kwargs(manual_dir)
     kwargs.update(split=split, data_dir=data_dir or None, download=download, shuffle_files=False)
     try:
-        if spec.encoded_images:
-            ds = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
-            return ds.map(lambda ex: (ex["image"], ex["label"], ex["file_name"]))
-        return tfds.load(name, as_supervised=True, **kwargs)
+        with log_shown_on_success():
+            if spec.encoded_images:
+                ds = tfds.load(name, decoders={"image": tfds.decode.SkipDecoding()}, **kwargs)
+                return ds.map(lambda ex: (ex["image"], ex["label"], ex["file_name"]))
+            return tfds.load(name, as_supervised=True, **kwargs)
     except Exception as e:  # tfds raises many types (AssertionError, DatasetNotFoundError, IOError...)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = "" if download else " (prepare it with tfds, or pass --download)"
-        if spec.encoded_images and not manual_dir:
-            hint += "; ImageNet needs the ILSVRC2012 tars in --manual_dir"
-        raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}{hint}") from None
+        hint = "; ImageNet needs the ILSVRC2012 tars in --manual_dir" if spec.encoded_images and not manual_dir else ""
+        raise load_failure(name, split, e, download, hint) from None
+
+
+def load_failure(name, split, error, download, hint=""):
+    """The one-line DataError for a tfds dataset that does not load."""
+    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if not download:
+        hint = " (prepare it with tfds, or pass --download)" + hint
+    return DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}{hint}")
 
 
 def tfds_record_files(name, data_dir):
@@ -66,8 +96,6 @@ def find_corrupt_tfrecord(paths):
             offset = re.search(r"corrupted record at \d+", str(e.message))
             return f"corrupt TFRecord {path} ({offset[0] if offset else 'unreadable'})"
     return None
-
-
 
 
 def tfds_arrays(dataset, split, data_dir, download, num_examples, manual_dir=""):
@@ -105,11 +133,11 @@ def image_dataset(name, split, data_dir, download, manual_dir, num_examples, ima
     from keras_ffl.data.folder import fit_arrays
 
     try:
-        ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir or None,
-                             download=download, shuffle_files=False, **manual_dir_kwargs(manual_dir))
+        with log_shown_on_success():
+            ds, info = tfds.load(name, split=split, as_supervised=True, with_info=True, data_dir=data_dir or None,
+                                 download=download, shuffle_files=False, **manual_dir_kwargs(manual_dir))
     except Exception as e:  # tfds raises many types
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot load tfds dataset '{name}' split '{split}': {first_line}") from None
+        raise load_failure(name, split, e, download) from None
     if not hasattr(label_feature(info), "names"):
         raise DataError(f"tfds dataset '{name}' has no class label to classify (its supervised keys are "
                         f"{info.supervised_keys})")

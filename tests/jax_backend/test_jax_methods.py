@@ -131,3 +131,18 @@ def test_afd_both_optimisers_states_are_saved_and_restored(tmp_path):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Adam's moments moved: the state that was saved is the trained one, not the initial one.
     assert any(float(np.max(np.abs(np.asarray(v)))) > 0 for v in features.variables[2:])
+
+
+def test_a_cpu_split_asked_for_after_jax_started_is_one_clear_error(tmp_path):
+    """``--cpu_devices`` splits the CPU through XLA_FLAGS, which JAX reads once: in a Python
+    process where JAX already runs on one device, the run stops before any work."""
+    import jax
+
+    from keras_ffl.config import ConfigError
+    from keras_ffl.train import train
+
+    assert len(jax.devices()) == 1
+    config = tiny_config(strategy="mirrored", cpu_devices=2, model_dir=str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="--cpu_devices=2 but JAX started with 1 CPU device.*XLA_FLAGS"):
+        train(config)
+    assert not (tmp_path / "run" / "config.json").exists()
