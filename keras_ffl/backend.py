@@ -7,22 +7,60 @@ second.  TensorFlow prints start-up lines on stderr on some CPUs (oneDNN, CPU fe
 command line imports the backend with stderr held aside, so a one-line error stays one line.
 """
 
+import importlib.util
+import json
 import os
 import sys
 import tempfile
 
 from keras_ffl.errors import ConfigError
 
+#: In order of preference when nothing chooses: TensorFlow is the fastest on CPUs, JAX the GPU
+#: path where TensorFlow has no CUDA build.
 BACKENDS = ("tensorflow", "jax", "torch")
-DEFAULT = "tensorflow"
+INSTALL = {"tensorflow": "pip install 'keras-ffl[cpu]' (or [gpu])", "jax": "pip install 'keras-ffl[jax]'",
+           "torch": "pip install torch"}
+
+
+def installed(name):
+    """Whether the package of backend ``name`` can be imported here (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def keras_json_backend():
+    """The backend Keras's own config file names ($KERAS_HOME/keras.json, else
+    ~/.keras/keras.json), or ""."""
+    folder = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    try:
+        with open(os.path.join(folder, "keras.json")) as f:
+            return str(json.load(f).get("backend", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def resolve(flag_value=""):
-    """The backend a run uses: ``--backend``, else ``$KERAS_BACKEND``, else TensorFlow."""
-    name = (flag_value or os.environ.get("KERAS_BACKEND") or DEFAULT).strip().lower()
-    if name not in BACKENDS:
-        raise ConfigError(f"unknown backend '{name}' (--backend or KERAS_BACKEND): choose from {', '.join(BACKENDS)}")
-    return name
+    """The backend a run uses: ``--backend``, else ``$KERAS_BACKEND`` (either must be installed),
+    else the one Keras already runs in this process, else the one keras.json names if it is
+    installed (Keras writes "tensorflow" there on first import, installed or not), else the
+    first installed of TensorFlow, JAX and PyTorch."""
+    chosen = (flag_value or os.environ.get("KERAS_BACKEND") or "").strip().lower()
+    if chosen:
+        if chosen not in BACKENDS:
+            raise ConfigError(f"unknown backend '{chosen}' (--backend or KERAS_BACKEND): choose from "
+                              f"{', '.join(BACKENDS)}")
+        if running() != chosen and not installed(chosen):
+            raise ConfigError(f"the {chosen} backend is not installed here: {INSTALL[chosen]}, or choose another "
+                              "with --backend or KERAS_BACKEND")
+        return chosen
+    if running():
+        return running()
+    for name in (keras_json_backend(), *BACKENDS):
+        if name in BACKENDS and installed(name):
+            return name
+    raise ConfigError(f"no Keras backend is installed: {INSTALL['tensorflow']} or {INSTALL['jax']}")
 
 
 def running():

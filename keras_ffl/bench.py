@@ -310,7 +310,7 @@ def main(argv=None):
         print(format_table(results))
         return 0
 
-    return run_main(body)
+    return run_main(body, backend_from_flags=True)
 
 
 if __name__ == "__main__":

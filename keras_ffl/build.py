@@ -238,7 +238,7 @@ def load_run(model_dir, weights="", run_precision=False, **overrides):
     from keras_ffl.backend import running
 
     local = {"strategy": "default", "cpu_devices": 0, "worker_hosts": (), "task_index": 0, "sync_bn": False,
-             "model_dir": model_dir, "backend": running() or config.backend}
+             "model_dir": model_dir, "backend": running() or ""}  # this process's backend, not the training one
     config = dataclasses.replace(config, **{**local, **overrides}).validated(check_data=False)
     weights = weights or run_dir.find_weights(model_dir)
     spec = config.dataset_spec

@@ -494,9 +494,10 @@ def check_data_dir(dataset, data_dir):
 
 
 def trained_run_config(model_dir, what, remedy):
-    """The Config of a run that has weights (final or last checkpoint); ConfigError otherwise.
-    (The file names are run_dir's, which imports this module.)"""
-    run = Config.load(os.path.join(model_dir, "config.json"))
+    """The Config of a run that has weights (final or last checkpoint), on this process's backend
+    (weights load on any); ConfigError otherwise.  (The file names are run_dir's, which imports
+    this module.)"""
+    run = dataclasses.replace(Config.load(os.path.join(model_dir, "config.json")), backend="")
     weights = [os.path.join(model_dir, n) for n in ("model.weights.h5", os.path.join("checkpoints", "last.weights.h5"))]
     if not any(os.path.exists(w) for w in weights):
         raise ConfigError(f"{what} has no weights yet: {remedy}")
@@ -643,7 +644,8 @@ _HELP = {
     "ema_decay": "PCL: the temporal mean's decay (the rate is min(1 - 1/(step + 1), ema_decay)).",
     "init_dir": "Start sub-network k from network k of a finished run (same backbones and dataset, "
     "independent networks, e.g. a vanilla run): the AFD paper's ImageNet runs start from pre-trained networks.",
-    "backend": "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else tensorflow). Weights are "
+    "backend": "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else the one keras.json names if "
+    "installed, else the first installed of tensorflow, jax, torch). Weights are "
     "the same on every backend; the JAX backend is the GPU path where TensorFlow has no CUDA build.",
     "seed": "Random seed for weights, shuffling and augmentation.",
     "model_dir": "Run directory for config, checkpoints, logs and report (default runs/<method>_<backbones>_<dataset>).",

@@ -28,6 +28,7 @@ import warnings
 
 from absl import flags
 
+from keras_ffl.backend import INSTALL, installed
 from keras_ffl.cli import run_main
 from keras_ffl.config import ConfigError, atomic_write_text, parse_argv
 
@@ -67,6 +68,9 @@ def check_request(name, model_dir, formats, output_dir, overwrite):
         raise ConfigError(f"--formats: unknown {', '.join(unknown) or '(none given)'}; choose from {', '.join(FORMATS)}")
     if model_dir and not os.path.exists(os.path.join(model_dir, "config.json")):
         raise ConfigError(f"no config.json in {model_dir}: is it a keras_ffl model_dir?")
+    if not installed("tensorflow"):
+        raise ConfigError("SavedModel, ONNX and TFLite are written through TensorFlow, which is not installed here: "
+                          f"{INSTALL['tensorflow']} (weights trained on any backend export the same)")
     if os.path.exists(output_dir) and not os.path.isdir(output_dir):
         raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:

@@ -230,7 +230,7 @@ def main(argv=None):
         print(f"\nwrote {output_dir}/results.json, results.md, curves.png, bars.png")
         return 0
 
-    return run_main(body)
+    return run_main(body, backend_from_flags=True)
 
 
 if __name__ == "__main__":

@@ -187,7 +187,7 @@ def main(argv=None):
         train(parse_config(argv))
         return 0
 
-    return run_main(body)
+    return run_main(body, backend_from_flags=True)
 
 
 if __name__ == "__main__":

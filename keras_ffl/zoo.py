@@ -62,7 +62,9 @@ def get_entry(name, manifest):
 
 
 def entry_config(entry):
-    return Config.from_dict(entry["config"]).validated(check_data=False)
+    """The entry's Config, on the backend this process uses (the recorded one is where it was
+    trained: the weights are the same on every backend)."""
+    return Config.from_dict({**entry["config"], "backend": ""}).validated(check_data=False)
 
 
 def resolve_base_url(manifest, base_url=None):

@@ -139,3 +139,23 @@ def reverse_batch(inputs):
     if isinstance(inputs, dict):
         return {k: v[::-1].copy() for k, v in inputs.items()}
     return inputs[::-1].copy()
+
+
+#: ``python -c KILL_AT_STEP N <train flags>``: the train command with a callback that SIGKILLs
+#: the process after training step N of the run (counted from epoch 0: the epoch-relative
+#: batch index plus the steps of the epochs before).
+KILL_AT_STEP = """
+import os, signal, sys
+import keras
+from keras_ffl.train import parse_config, train
+
+class KillAtStep(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch * int(self.params["steps"]) + batch + 1 == int(sys.argv[1]):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
+"""

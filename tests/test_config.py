@@ -97,3 +97,33 @@ def test_a_restarted_cluster_may_resume_on_other_hosts_but_not_with_another_work
     assert first.differences(cluster("c:2000", "d:2000", task_index=1)) == []
     assert first.differences(cluster("a:1000", "b:1000", "c:1000")) == ["worker_hosts"]
     assert first.differences(Config(lr=0.5, strategy="multi_worker", worker_hosts=("a:1000", "b:1000"))) == ["lr"]
+
+
+def test_the_backend_is_the_chosen_one_if_installed_else_keras_json_else_the_first_installed(tmp_path, monkeypatch):
+    import json
+
+    from keras_ffl import backend
+
+    here = {"jax", "torch"}  # a GPU host: no TensorFlow
+    monkeypatch.setattr(backend, "installed", lambda name: name in here)
+    monkeypatch.setattr(backend, "running", lambda: None)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    assert backend.resolve() == "jax"
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "tensorflow"}))  # as Keras writes it
+    assert backend.resolve() == "jax"
+    (tmp_path / "keras.json").write_text(json.dumps({"backend": "torch"}))
+    assert backend.resolve() == "torch"
+    assert backend.resolve("JAX") == "jax"
+    with pytest.raises(ConfigError, match="the tensorflow backend is not installed here: pip install 'keras-ffl"):
+        backend.resolve("tensorflow")
+    monkeypatch.setenv("KERAS_BACKEND", "tensorflow")
+    with pytest.raises(ConfigError, match="tensorflow backend is not installed"):
+        backend.resolve()
+    assert backend.resolve("jax") == "jax"  # the flag wins over the environment
+    with pytest.raises(ConfigError, match="unknown backend 'mxnet'"):
+        backend.resolve("mxnet")
+    here.clear()
+    monkeypatch.delenv("KERAS_BACKEND")
+    with pytest.raises(ConfigError, match="no Keras backend is installed"):
+        backend.resolve()

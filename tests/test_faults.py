@@ -14,31 +14,13 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import read_weights, tiny_config, train_until_interrupted
+from helpers import KILL_AT_STEP, read_weights, tiny_config, train_until_interrupted
 from keras_ffl import run_dir
 from keras_ffl.config import ConfigError
 
 FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
          "--batch_size=16", "--eval_batch_size=16", "--epochs=3", "--rampup_epochs=2", "--lr_milestones=2",
          "--lr=0.05", "--validation_freq=0", "--verbose=0"]
-
-# Runs the train command with a callback that SIGKILLs the process after a given training step
-# of the run (counted from epoch 0, the epoch-relative batch index plus the epochs before).
-KILL_AT_STEP = """
-import os, signal, sys
-import keras
-from keras_ffl.train import parse_config, train
-
-class KillAtStep(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch * int(self.params["steps"]) + batch + 1 == int(sys.argv[1]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
-"""
 
 
 def run(*args, backend="tensorflow"):

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 import pytest
 
-from helpers import assert_within_float32_noise, kl_scales, read_weights
+from helpers import KILL_AT_STEP, assert_within_float32_noise, kl_scales, read_weights
 from keras_ffl.train import parse_config, train
 
 FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
@@ -83,24 +83,6 @@ def test_two_workers_on_loopback_match_one_process(tmp_path):
                                 scales=kl_scales(logged[1], 3.0, 10))
     weights = [read_weights(os.path.join(d, "model.weights.h5")) for d in (dirs[0], single_dir, mirrored_dir, exact_dir)]
     assert_within_float32_noise(weights[0], weights[1], weights[1:3], weights[3], what="weights")
-
-
-# Kills the process after a given training step of the run (counted from epoch 0).
-KILL_AT_STEP = """
-import os, signal, sys
-import keras
-from keras_ffl.train import parse_config, train
-
-class KillAtStep(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch, logs=None):
-        if self.epoch * int(self.params["steps"]) + batch + 1 == int(sys.argv[1]):
-            os.kill(os.getpid(), signal.SIGKILL)
-
-train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
-"""
 
 
 def jax_cluster(model_dir, *flags, kill_at_step=None):
