@@ -1,6 +1,6 @@
 """Rerun vanilla and every method on real data over several seeds; write a table and figures.
 
-    python -m keras_ffl.reproduce --suite=fashion_mnist                 # about an hour on 2 cores
+    python -m keras_ffl.reproduce --suite=fashion_mnist                 # about 30 minutes on 2 cores
     python -m keras_ffl.reproduce --suite=fashion_mnist --methods=vanilla,ffl --seeds=0,1
 
 The budget is fixed and fits a CPU: each method's Fashion-MNIST quickstart flagfile (ResNet-8
@@ -137,15 +137,18 @@ def plot(summary, curves, output_dir):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for method, curve in curves.items():
-        ax.plot(range(1, len(curve) + 1), curve, marker="o", label=method)
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    # tab20's dark shades first, then its light ones: up to 20 methods, no two alike.
+    palette = plt.get_cmap("tab20").colors
+    colors = palette[0::2] + palette[1::2]
+    for i, (method, curve) in enumerate(curves.items()):
+        ax.plot(range(1, len(curve) + 1), curve, marker="os^Dv"[i // 10 % 5], color=colors[i % 20], label=method)
     ax.set_xlabel("epoch")
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_ylabel("test top-1 of the sub-networks, S-avg (%)")
     ax.set_title("Fashion-MNIST, mean over seeds")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     save(fig, os.path.join(output_dir, "curves.png"))
 
     methods = list(summary)
