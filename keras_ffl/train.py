@@ -11,7 +11,6 @@ automatically after an interruption), history.csv, TensorBoard logs, the final w
 report.json.
 """
 
-import importlib.util
 import sys
 import time
 
@@ -46,7 +45,7 @@ def logging_callbacks(config):
     import keras
 
     callbacks = [keras.callbacks.CSVLogger(run_dir.path(config.model_dir, run_dir.HISTORY), append=True)]
-    if importlib.util.find_spec("tensorflow") is not None:  # Keras's TensorBoard writes through tf.summary
+    if backend.installed("tensorflow"):  # Keras's TensorBoard writes through tf.summary
         callbacks.append(keras.callbacks.TensorBoard(run_dir.path(config.model_dir, run_dir.TENSORBOARD),
                                                      profile_batch=0))
     return callbacks

@@ -49,20 +49,27 @@ def logged_losses(model_dir):
             for name, value in row.items() if name in ("loss", "ce_net0", "ce_fused", "kd_net0")}
 
 
-def test_two_workers_on_loopback_match_one_process(tmp_path):
-    hosts = ",".join(f"localhost:{p}" for p in free_ports(2))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    env.pop("TF_CONFIG", None)
-    dirs = [tmp_path / "cluster", tmp_path / "worker1"]  # worker 1 gets its own dir to show it writes nothing
+def run_cluster(model_dirs, *flags, backend, kill_at_step=None):
+    """One ``keras_ffl.train`` worker process per model_dir on loopback ports (worker 0 the
+    chief); returns their exit codes and outputs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CONFIG", "XLA_FLAGS")}
+    env.update(KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    hosts = ",".join(f"localhost:{p}" for p in free_ports(len(model_dirs)))
+    program = ["-c", KILL_AT_STEP, str(kill_at_step)] if kill_at_step else ["-m", "keras_ffl.train"]
     workers = [
-        subprocess.Popen([sys.executable, "-m", "keras_ffl.train", *FLAGS, f"--model_dir={dirs[i]}",
+        subprocess.Popen([sys.executable, *program, *flags, f"--model_dir={model_dir}", f"--backend={backend}",
                           "--strategy=multi_worker", f"--worker_hosts={hosts}", f"--task_index={i}"],
                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)
+        for i, model_dir in enumerate(model_dirs)
     ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
-    for i, (w, out) in enumerate(zip(workers, outputs)):
-        assert w.returncode == 0, f"worker {i}:\n{out[-3000:]}"
+    return [w.returncode for w in workers], outputs
+
+
+def test_two_workers_on_loopback_match_one_process(tmp_path):
+    dirs = [tmp_path / "cluster", tmp_path / "worker1"]  # worker 1 gets its own dir to show it writes nothing
+    codes, outputs = run_cluster(dirs, *FLAGS, backend="tensorflow")
+    assert codes == [0, 0], "\n".join(out[-3000:] for out in outputs)
     assert "2 replica(s)" in outputs[0]
     assert not dirs[1].exists()  # checkpoints, logs and the report come from the chief alone
 
@@ -85,26 +92,10 @@ def test_two_workers_on_loopback_match_one_process(tmp_path):
     assert_within_float32_noise(weights[0], weights[1], weights[1:3], weights[3], what="weights")
 
 
-def jax_cluster(model_dir, *flags, kill_at_step=None):
-    """Two JAX processes sharing ``model_dir`` (as on shared storage); returns their outputs."""
-    env = {**os.environ, "KERAS_BACKEND": "jax"}
-    env.pop("XLA_FLAGS", None)
-    hosts = ",".join(f"localhost:{p}" for p in free_ports(2))
-    program = ["-c", KILL_AT_STEP, str(kill_at_step)] if kill_at_step else ["-m", "keras_ffl.train"]
-    workers = [
-        subprocess.Popen([sys.executable, *program, *flags, f"--model_dir={model_dir}", "--backend=jax",
-                          "--strategy=multi_worker", f"--worker_hosts={hosts}", f"--task_index={i}"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(2)
-    ]
-    outputs = [w.communicate(timeout=300)[0] for w in workers]
-    return [w.returncode for w in workers], outputs
-
-
 def test_two_jax_processes_match_one_process_and_resume_after_kill_9(tmp_path):
     flags = [*FLAGS, "--epochs=3", "--steps_per_epoch=4", "--lr_milestones=2"]
     cluster_dir, killed_dir = tmp_path / "cluster", tmp_path / "killed"
-    codes, outputs = jax_cluster(cluster_dir, *flags)
+    codes, outputs = run_cluster([cluster_dir] * 2, *flags, backend="jax")  # sharing it, as on shared storage
     assert codes == [0, 0], "\n".join(out[-3000:] for out in outputs)
     assert "2 replica(s), Keras on jax" in outputs[0]
     report = json.loads((cluster_dir / "report.json").read_text())
@@ -112,11 +103,11 @@ def test_two_jax_processes_match_one_process_and_resume_after_kill_9(tmp_path):
 
     # kill -9 of both workers in epoch 1, then the same command: the cluster resumes from the
     # shared model_dir and ends where the uninterrupted cluster ended, bit for bit.
-    codes, outputs = jax_cluster(killed_dir, *flags, kill_at_step=6)
+    codes, outputs = run_cluster([killed_dir] * 2, *flags, backend="jax", kill_at_step=6)
     assert codes[0] == -signal.SIGKILL, outputs[0][-3000:]
     assert codes[1] != 0
     assert sorted(os.listdir(killed_dir / "backup")) == ["epoch-1.weights.h5"]
-    codes, outputs = jax_cluster(killed_dir, *flags)
+    codes, outputs = run_cluster([killed_dir] * 2, *flags, backend="jax")
     assert codes == [0, 0], "\n".join(out[-3000:] for out in outputs)
     assert all("Resuming the run" in out and "after epoch 1" in out for out in outputs)
     resumed, uninterrupted = (read_weights(d / "model.weights.h5") for d in (killed_dir, cluster_dir))

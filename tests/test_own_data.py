@@ -209,7 +209,7 @@ def test_a_tfds_dataset_not_prepared_is_one_line_that_says_how_and_download_can_
 
 
 def test_kill_9_and_resume_on_a_folder_dataset_end_bit_identical(tmp_path):
-    from test_faults import KILL_AT_STEP
+    from helpers import KILL_AT_STEP
 
     root = write_folder(tmp_path / "shapes", per_class=(16, 4))
     flags = [f for f in FOLDER_FLAGS if not f.startswith("--epochs")] + ["--epochs=3", f"--data_dir={root}",
