@@ -14,9 +14,19 @@ flag validation) stays free of TensorFlow and JAX::
 Methods: ``FFL``, ``DML``, ``ONE``, ``AFD``, ``FFCL``, ``Vanilla``, ``OfflineKD``, and those
 users compare them with: ``CLILR``, ``OKDDip``, ``KDCL``, ``MCLOKD``, ``PCL``.  Modules:
 ``backbones``, ``losses``, ``layers``, ``zoo``, ``build`` (the command line's Config path).
+
+Every class Keras deserialises by name (``keras_ffl>FFL``: methods, layers, backbones,
+optimisers) is registered as soon as both keras_ffl and Keras are imported, in either order, so
+``keras.saving.load_model("ffl.keras")`` works in a new process after ``import keras_ffl``
+alone, as after ``import keras_hub``.  Keras is not imported for it: when it is not imported
+yet, an import hook registers them once its import ends (and once the outermost keras_ffl
+module being imported then ends, so a keras_ffl module that imports Keras never meets its
+own half-imported modules).
 """
 
 import importlib
+import importlib.abc
+import sys
 
 __version__ = "0.2.0"
 
@@ -39,3 +49,90 @@ def __getattr__(name):
 
 def __dir__():
     return sorted(__all__)
+
+
+# ------------------------------------------------------------ Keras registration
+#: The modules whose import registers keras_ffl's serialisable classes with Keras.
+_SERIALIZABLE = ("keras_ffl.layers", "keras_ffl.backbones", "keras_ffl.optimizers", "keras_ffl.methods")
+
+
+class _Registration(importlib.abc.MetaPathFinder):
+    """Imports ``_SERIALIZABLE`` once Keras is imported and no keras_ffl module is half-way
+    through its own import (one that imports Keras at its top would otherwise meet itself
+    half-defined).  It only wraps the loaders of ``keras`` and ``keras_ffl.*`` to know when
+    their imports end; the modules themselves are untouched."""
+
+    def __init__(self):
+        self.depth = 0  # keras_ffl modules being executed right now
+        self.pending = False  # Keras is imported, the registration not done yet
+        self.done = False
+        self.finding = False
+
+    def find_spec(self, fullname, path=None, target=None):
+        if self.done or self.finding or not (fullname == "keras" or fullname.startswith("keras_ffl.")):
+            return None
+        self.finding = True
+        try:
+            spec = None
+            for finder in sys.meta_path:
+                if finder is not self and hasattr(finder, "find_spec"):
+                    spec = finder.find_spec(fullname, path, target)
+                    if spec is not None:
+                        break
+        finally:
+            self.finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _Tracked(spec.loader, self, keras=fullname == "keras")
+        return spec
+
+    def register_when_safe(self):
+        if self.done or not self.pending or self.depth:
+            return
+        self.done = True
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        try:
+            for name in _SERIALIZABLE:
+                importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - never break the user's own `import keras`
+            import warnings
+
+            warnings.warn(f"keras_ffl could not register its classes with Keras ({type(e).__name__}: {e}); "
+                          ".keras files of keras_ffl models need 'import keras_ffl.methods' first", stacklevel=2)
+
+
+class _Tracked(importlib.abc.Loader):
+    """A module's own loader, telling ``_Registration`` when the module's import ends."""
+
+    def __init__(self, loader, registration, keras):
+        self._loader, self._registration, self._keras = loader, registration, keras
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        registration = self._registration
+        registration.depth += not self._keras
+        try:
+            self._loader.exec_module(module)
+        finally:
+            registration.depth -= not self._keras
+        registration.pending = registration.pending or self._keras
+        registration.register_when_safe()
+
+    def __getattr__(self, name):  # get_code, get_source, get_resource_reader...
+        return getattr(self._loader, name)
+
+
+def _register_with_keras():
+    keras = sys.modules.get("keras")
+    if keras is not None and not getattr(getattr(keras, "__spec__", None), "_initializing", False):
+        registration = _Registration()
+        registration.pending = True
+        registration.register_when_safe()
+    elif not any(type(f).__name__ == "_Registration" for f in sys.meta_path):
+        sys.meta_path.insert(0, _Registration())
+
+
+_register_with_keras()

@@ -13,6 +13,26 @@ from keras_ffl.backbones import get_backbone
 from keras_ffl.methods import METHODS
 
 
+def set_precision(policy):
+    """Keras's global dtype policy.  Under ``"float64"`` (the numerical reference run) also
+    Keras's 64-bit type promotion: on JAX and PyTorch Keras casts every promoted float64
+    result (``matmul``, so every ``Dense``; ``einsum``...) to float32, to match JAX's default
+    of 64-bit types off (``BIT64_TO_BIT32_DTYPE`` in ``keras/src/backend/common/dtypes.py``),
+    and a float64 run would compute partly in float32; and Keras's ``floatx``, the dtype of the
+    optimisers' learning rate (0.1 in float32 is 0.1 + 1.5e-9, which moves every update by
+    1.5e-8 of its size).  JAX's own 64-bit types are switched on before it starts
+    (``backend.prepare_jax``).  Any other policy restores Keras's defaults."""
+    from keras.src.backend.common import dtypes
+
+    keras.mixed_precision.set_global_policy(policy)
+    float64 = keras.mixed_precision.global_policy().name == "float64"
+    keras.config.set_floatx("float64" if float64 else "float32")
+    promotion = getattr(dtypes, "BIT64_TO_BIT32_DTYPE", None)
+    if promotion is not None:
+        default = "float64" if keras.backend.backend() == "tensorflow" else "float32"
+        promotion["float64"] = "float64" if float64 else default
+
+
 def use_sync_bn(config):
     """Synchronised BN only where there is something to synchronise, and only on TensorFlow:
     Keras's synchronised path on a single replica computes a slightly different gradient
@@ -166,12 +186,12 @@ def build_model_from_float32_draws(config, num_classes, image_shape):
     """A float64 run is the numerical reference of the float32 run with the same seed, so it
     starts from that run's initial weights: initialisers draw other numbers in float64."""
     policy = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("float32")
+    set_precision("float32")
     keras.utils.set_random_seed(config.seed)
     try:
         float32_twin = build_model(config, num_classes, image_shape)
     finally:
-        keras.mixed_precision.set_global_policy(policy)
+        set_precision(policy)
     keras.utils.set_random_seed(config.seed)
     model = build_model(config, num_classes, image_shape)
     model.set_weights(float32_twin.get_weights())
@@ -244,12 +264,12 @@ def load_run(model_dir, weights="", run_precision=False, **overrides):
     spec = config.dataset_spec
     policy = keras.mixed_precision.global_policy()
     if run_precision and config.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(config.mixed_precision)
+        set_precision(config.mixed_precision)
     try:
         model = build_model(config, spec.num_classes, spec.image_shape)
         compile_model(model, config, 1)  # the run's own optimiser, so its saved state loads cleanly
     finally:
-        keras.mixed_precision.set_global_policy(policy)
+        set_precision(policy)
     try:
         with warnings.catch_warnings():
             # A float32 rebuild of a mixed_float16 run has no loss-scale variables; the optimiser

@@ -58,12 +58,36 @@ class Throughput(keras.callbacks.Callback):
         return ordered[len(ordered) // 2]
 
 
-def diverged(logs):
-    """True when an epoch's training loss is NaN or infinite.  Keras still calls
-    ``on_epoch_end`` after TerminateOnNaN stops an epoch; saving then would replace the last
-    good checkpoint with the diverged weights."""
+def diverged(logs, model=None):
+    """True when an epoch's training loss is NaN or infinite, or (given ``model``) any of its
+    weights or optimiser variables is.  Keras still calls ``on_epoch_end`` after TerminateOnNaN
+    stops an epoch; saving then would replace the last good checkpoint with the diverged
+    weights.  The loss alone is not enough: an epoch's loss is computed before its last
+    update, which can blow the weights up."""
     loss = (logs or {}).get("loss")
-    return loss is not None and not math.isfinite(float(loss))
+    if loss is not None and not math.isfinite(float(loss)):
+        return True
+    return model is not None and not state_is_finite(model)
+
+
+def state_is_finite(model):
+    """Whether every optimiser variable of ``model`` is finite and every weight's squares sum
+    to a finite number in its own dtype.  A blown-up step can leave weights that are finite but
+    past the square root of the dtype's range (1e36 in float32): the next forward pass
+    (BatchNorm's variance, the L2 term) overflows, so they are no better than inf."""
+    import numpy as np
+
+    optimizers = getattr(model, "optimizers", None) or ([model.optimizer] if model.optimizer is not None else [])
+    optimizer_variables = [v for optimizer in optimizers for v in optimizer.variables]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for variables, squared in ((model.weights, True), (optimizer_variables, False)):
+            for variable in variables:
+                value = keras.ops.convert_to_numpy(variable)
+                if not np.issubdtype(value.dtype, np.floating):
+                    continue
+                if not np.isfinite(np.sum(np.square(value)) if squared else value).all():
+                    return False
+    return True
 
 
 class AtomicCheckpoint(keras.callbacks.Callback):
@@ -76,7 +100,7 @@ class AtomicCheckpoint(keras.callbacks.Callback):
         self.path, self.write, self.join = path, write, join
 
     def on_epoch_end(self, epoch, logs=None):
-        if not diverged(logs):
+        if not diverged(logs, self.model):
             save_weights_in_step(self.model, self.path, self.write, self.join)
 
 
@@ -90,7 +114,8 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
       separate JSON file, which a kill between the two writes leaves stale);
     * the two newest files are kept; ``restore(model)`` loads the newest one that loads,
       *before* the data stream is built, so the stream starts at the epoch the weights are at;
-    * nothing is written after a diverged (NaN/inf) epoch, and the files are kept when
+    * nothing is written after a diverged epoch (a NaN/inf loss, weight or optimiser variable:
+      training then stops), and the files are kept when
       training ends that way, so rerunning resumes from the last good epoch;
     * only the chief writes (``write=False`` on the other workers; all of them read, so a
       resumed cluster needs ``model_dir`` on storage every worker sees); ``join=True`` makes
@@ -99,10 +124,11 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
 
     NAME = re.compile(r"epoch-(\d+)\.weights\.h5$")
 
-    def __init__(self, backup_dir, write=True, keep=2, join=False):
-        super().__init__(backup_dir, delete_checkpoint=True)
+    def __init__(self, backup_dir, write=True, keep=2, join=False, delete_checkpoint=True):
+        super().__init__(backup_dir, delete_checkpoint=delete_checkpoint)
         self.write, self.keep, self.join = write, keep, join
         self.diverged = False
+        self.diverged_epoch = None
         self.restored = False
 
     def checkpoints(self):
@@ -141,7 +167,9 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
             self.restore(self.model)
 
     def on_epoch_end(self, epoch, logs=None):
-        self.diverged = self.diverged or diverged(logs)
+        if not self.diverged and diverged(logs, self.model):
+            self.diverged, self.diverged_epoch = True, epoch
+            self.model.stop_training = True  # TerminateOnNaN reads only the loss
         super().on_epoch_end(epoch, logs)
 
     def _save_model(self):
@@ -157,6 +185,15 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
         if self.write and not self.diverged:  # a finished run needs no resume point
             super().on_train_end(logs)
 
+    def delete(self):
+        """Removes the resume checkpoints: what keras_ffl.train does once the run's final weights
+        and report are written (it builds this callback with ``delete_checkpoint=False``: until
+        then they are the only record of the trained epochs)."""
+        if self.write and os.path.isdir(self.backup_dir):
+            import shutil
+
+            shutil.rmtree(self.backup_dir)
+
 
 def save_weights_atomically(model, path):
     """Writes through a temporary file and a rename: ``path`` is either the old file or the
@@ -170,7 +207,15 @@ def save_weights_atomically(model, path):
     except OSError as e:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise WriteError(f"cannot write {path}: {e.strerror or e}; the previous file there is intact") from None
+        raise WriteError(f"cannot write {path}: {os_error_text(e)}; the previous file there is intact") from None
+
+
+def os_error_text(e):
+    """One line for an OSError: its errno's own text where it has one (h5py's strerror spans
+    lines and names the temporary file), else its first line."""
+    if e.errno:
+        return os.strerror(e.errno)
+    return (str(e).splitlines() or [type(e).__name__])[0]
 
 
 def save_weights_in_step(model, path, write=True, join=False):

@@ -53,13 +53,13 @@ class Config:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    # Distillation.
-    temperature: float = 3.0
-    rampup_epochs: int = 80
+    # Distillation (0 and -1: the method's own, from its paper or code; see specs.METHODS).
+    temperature: float = 0.0
+    rampup_epochs: int = -1
     # FFL.
     fusion: str = "module"
     fusion_channels: int = 0
-    fusion_weight_decay: float = 1e-5
+    fusion_weight_decay: float = -1.0  # -1: the method's own (specs.METHODS)
     ensemble_kd: bool = True
     fusion_kd: bool = True
     # DML.
@@ -107,6 +107,8 @@ class Config:
     mean: tuple = ()
     std: tuple = ()
     train_size: int = 0
+    train_class_counts: tuple = ()  # images of each class trained on / evaluated (in-memory datasets)
+    test_class_counts: tuple = ()
     # Run.
     backend: str = ""
     seed: int = 0
@@ -161,12 +163,28 @@ class Config:
         return "resized_crop_flip" if self.dataset_spec.image_shape[0] >= specs.LARGE_IMAGE_SIZE else "pad_crop_flip"
 
     # ----------------------------------------------------------------- validation
+    def with_method_distillation_defaults(self):
+        """The method's own temperature, ramp-up and fusion decay where none was given (the one
+        default the Python class uses too); an explicit value, or one already resolved, stays."""
+        temperature, rampup_epochs = specs.distillation_defaults(self.method, self.cl_ilr_preset)
+        changes = {}
+        if self.temperature == 0.0:
+            changes["temperature"] = temperature
+        if self.rampup_epochs == -1:
+            changes["rampup_epochs"] = rampup_epochs
+        if self.fusion_weight_decay == -1.0:
+            spec = specs.METHODS.get(self.method)
+            changes["fusion_weight_decay"] = spec.fusion_weight_decay if spec else 1e-5
+        return dataclasses.replace(self, **changes) if changes else self
+
     def validated(self, check_data=True):
         """Returns a copy with ``auto`` values resolved; raises ConfigError on any problem."""
         c = self
+        check_numbers(c)
         if c.method not in specs.METHODS:
             raise ConfigError(f"unknown --method '{c.method}': choose from {', '.join(sorted(specs.METHODS))}")
         method = specs.METHODS[c.method]
+        c = c.with_method_distillation_defaults()
         if not c.backbones:
             raise ConfigError("--backbones is empty: give one backbone (copied per branch) or one per sub-network")
         try:
@@ -342,8 +360,44 @@ class Config:
         return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in facts.items()})
 
 
+#: Ranges of the general numeric settings: ``(low, high, low_open, high_open)``; None is no
+#: bound.  Every float setting, of these or any method's, must be finite as well.
+NUMBER_RANGES = {
+    "lr": (0.0, None, True, False),
+    "lr_gamma": (0.0, None, True, False),
+    "momentum": (0.0, 1.0, False, True),
+    "weight_decay": (0.0, None, False, False),
+    "validation_fraction": (0.0, 1.0, False, True),
+    "seed": (0, 2**32 - 1, False, False),
+    "verbose": (0, 2, False, False),
+    "cpu_devices": (0, None, False, False),
+    "task_index": (0, None, False, False),
+    "num_branches": (0, None, False, False),
+    "image_size": (0, None, False, False),
+}
+
+
+def check_numbers(c):
+    """Every float field finite and every field of NUMBER_RANGES in its range, before any work."""
+    import math
+
+    for field in dataclasses.fields(c):
+        value = getattr(c, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{field.name} must be a finite number, got {value}")
+    for name, (low, high, low_open, high_open) in NUMBER_RANGES.items():
+        value = getattr(c, name, None)
+        if value is None or isinstance(value, bool):
+            continue
+        if (low is not None and (value < low or (low_open and value == low))) or (
+                high is not None and (value > high or (high_open and value == high))):
+            closing = ")" if high_open or high is None else "]"
+            span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{closing}"
+            raise ConfigError(f"--{name} must be in {span}, got {value}")
+
+
 #: Config fields the data gives (not flags): kept in config.json once known.
-DATA_FACTS = ("class_names", "mean", "std", "train_size")
+DATA_FACTS = ("class_names", "mean", "std", "train_size", "train_class_counts", "test_class_counts")
 
 
 def check_dataset(c, check_data):
@@ -371,6 +425,10 @@ def check_dataset(c, check_data):
         if not listing.test and not c.validation_fraction:
             raise ConfigError(f"{c.data_dir} has no test/ folder: pass --validation_fraction (e.g. 0.1) to hold out a "
                               "stratified share of train/")
+        for name in ("train_examples", "test_examples"):
+            if 0 < getattr(c, name) < len(listing.classes):
+                raise ConfigError(f"--{name}={getattr(c, name)} is fewer than the {len(listing.classes)} classes of "
+                                  f"{c.data_dir}: the sample takes every class in proportion, at least one image each")
         return dataclasses.replace(c, class_names=listing.classes)
     if c.dataset.startswith("tfds:") and len(c.dataset) > len("tfds:"):
         if check_data:
@@ -493,6 +551,46 @@ def check_data_dir(dataset, data_dir):
         raise ConfigError(f"--data_dir {data_dir} does not exist")
 
 
+#: Where tfds downloads CIFAR from (its python-version archives).
+CIFAR_HOST, CIFAR_PAGE = "www.cs.toronto.edu", "https://www.cs.toronto.edu/~kriz/cifar.html"
+
+
+def tfds_prepared(name, data_dir):
+    """Whether tfds has ``name`` prepared under ``data_dir`` (else $TFDS_DATA_DIR, else
+    ~/tensorflow_datasets), looked up on disk without importing tfds."""
+    import glob
+
+    root = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
+    return bool(glob.glob(os.path.join(root, name, "**", "dataset_info.json"), recursive=True))
+
+
+def check_download_possible(c):
+    """A built-in dataset not on disk that would be downloaded: refused in one line, before
+    anything is created, when it cannot be (ImageNet without --manual_dir; CIFAR with its host
+    unreachable, where tfds would retry for minutes).  Without --download, the load says so."""
+    import socket
+
+    spec = c.dataset_spec
+    if not c.download or spec.source not in ("cifar", "tfds") or tfds_prepared(c.dataset, c.data_dir):
+        return
+    where = c.data_dir or "tfds's data_dir (~/tensorflow_datasets)"
+    if spec.source == "tfds":
+        if not c.manual_dir:
+            raise ConfigError(f"{c.dataset} is not prepared in {where} and cannot be downloaded: pass --manual_dir, a "
+                              "folder holding ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar")
+        return
+    from keras_ffl.data.sources import CIFAR_ARCHIVES, find_cifar_archive
+
+    if find_cifar_archive(c.dataset, c.resolved_data_dir):
+        return
+    try:
+        socket.create_connection((CIFAR_HOST, 443), timeout=5).close()
+    except OSError as e:
+        reason = e.strerror or str(e) or type(e).__name__
+        raise ConfigError(f"{c.dataset} is not in {where} and {CIFAR_HOST} cannot be reached ({reason}): offline, put "
+                          f"{CIFAR_ARCHIVES[c.dataset][0]} (from {CIFAR_PAGE}) in --data_dir") from None
+
+
 def trained_run_config(model_dir, what, remedy):
     """The Config of a run that has weights (final or last checkpoint), on this process's backend
     (weights load on any); ConfigError otherwise.  (The file names are run_dir's, which imports
@@ -572,8 +670,10 @@ _HELP = {
     "manual_dir": "tfds manual download folder (imagenet2012: ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar), "
     "prepared into --data_dir on first use.",
     "download": "Let tfds download (or prepare from --manual_dir) a dataset not yet prepared in data_dir.",
-    "train_examples": "Use only the first N training examples (0 = all).",
-    "test_examples": "Use only the first N test examples (0 = all).",
+    "train_examples": "Use only N training examples (0 = all): the first N, or for --dataset=folder a seeded sample "
+    "with every class in proportion.",
+    "test_examples": "Use only N test examples (0 = all): the first N, or for --dataset=folder a seeded sample with "
+    "every class in proportion.",
     "augment": "Training augmentation: auto (pad_crop_flip under 64 px, resized_crop_flip from 64 px), "
     "pad_crop_flip (CIFAR: reflect-pad 4, random crop, flip), resized_crop_flip (ImageNet: random-resized crop "
     "of 8-100% of the area, flip) or none.",
@@ -595,11 +695,13 @@ _HELP = {
     "momentum": "SGD momentum.",
     "nesterov": "Nesterov momentum (FFL code: on).",
     "weight_decay": "PyTorch-style L2 on every network weight, BN and biases included.",
-    "temperature": "Distillation temperature T.",
-    "rampup_epochs": "Epochs L of the exp(-5(1-e/L)^2) ramp-up of every KL term (0 = no ramp-up).",
+    "temperature": "Distillation temperature T (0 = the method's own: " + specs.distillation_defaults_help() + ").",
+    "rampup_epochs": "Epochs L of the exp(-5(1-e/L)^2) ramp-up of every KL term (0 = no ramp-up, -1 = the "
+    "method's own, listed under --temperature).",
     "fusion": "FFL fusion: the paper's module, or feature averaging (ablation case B).",
     "fusion_channels": "FFL fusion module output channels N (0 = smallest sub-network channel count).",
-    "fusion_weight_decay": "L2 weight decay of the FFL fusion module.",
+    "fusion_weight_decay": "L2 weight decay of the FFL or FFCL fusion module (-1 = the method's own: FFL's code "
+    "1e-5, FFCL's paper 5e-4).",
     "ensemble_kd": "FFL ensemble KD term kl(fused <- ensemble) (off = ablation case C).",
     "fusion_kd": "FFL fusion KD terms kl(net_k <- fused) (off together with ensemble_kd = case D).",
     "dml_update": "DML update order: synchronous (one forward pass, common re-implementation) or "

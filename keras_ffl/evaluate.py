@@ -27,7 +27,7 @@ def define_flags(flag_values):
 def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
     """Returns ``(rows, config, test_size)``."""
     from keras_ffl.build import load_run
-    from keras_ffl.config import check_data_dir
+    from keras_ffl.config import check_data_dir, check_download_possible
     from keras_ffl.data import load_data
     from keras_ffl.report import summarize
 
@@ -35,10 +35,30 @@ def evaluate(model_dir, weights="", data_dir="", test_examples=-1):
     if test_examples >= 0:
         overrides["test_examples"] = test_examples
     model, config = load_run(model_dir, weights, run_precision=True, **overrides)
+    if not weights:
+        note_unfinished(model_dir, config)
     check_data_dir(config.dataset, config.resolved_data_dir)
+    check_download_possible(config)
     data = load_data(config, splits=("test",))
     metrics = model.evaluate(data.test, return_dict=True, verbose=0)
     return summarize(metrics, model.part_names), config, data.test_size
+
+
+def note_unfinished(model_dir, config):
+    """A run with no report yet is scored from its last per-epoch checkpoint: say so (stderr)."""
+    import os
+
+    from keras_ffl import run_dir
+
+    if os.path.exists(run_dir.path(model_dir, run_dir.REPORT)):
+        return
+    holder = run_dir.live_holder(model_dir)
+    state = (f"still training (process {holder.get('pid', '?')} on {holder.get('host', '?')})" if holder
+             else "interrupted")
+    done = run_dir.epochs_checkpointed(model_dir)
+    used = os.path.relpath(run_dir.find_weights(model_dir), model_dir)
+    print(f"note: {model_dir} is an unfinished run, {state}: scoring {used}"
+          f"{f' (after epoch {done} of {config.epochs})' if done else ''}", file=sys.stderr, flush=True)
 
 
 def main(argv=None):

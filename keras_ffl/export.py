@@ -75,6 +75,9 @@ def check_request(name, model_dir, formats, output_dir, overwrite):
         raise ConfigError(f"--output_dir {output_dir} exists and is not a directory")
     if os.path.exists(output_dir) and os.listdir(output_dir) and not overwrite:
         raise ConfigError(f"{output_dir} already holds an export: pass --overwrite or another --output_dir")
+    from keras_ffl.run_dir import check_can_create
+
+    check_can_create(os.path.dirname(os.path.abspath(output_dir)), f"--output_dir {output_dir}: its folder")
     return output_dir
 
 
@@ -179,7 +182,13 @@ def export(source_model, config, part, formats, output_dir, tolerance=1e-4, pari
     keras_model = part_model(source_model, config, part, raw_pixels=True)
     images, labels = parity_images(config, parity_examples, data_dir)
     reference = np.asarray(keras_model.predict(images, batch_size=64, verbose=0))
+    import re
+
+    from keras_ffl.run_dir import remove_dead_partials
+
     staging = f"{output_dir.rstrip(os.sep)}.partial{os.getpid()}"
+    remove_dead_partials(os.path.dirname(os.path.abspath(staging)),  # what killed exports left
+                         re.escape(os.path.basename(output_dir.rstrip(os.sep))) + r"\.partial(?P<pid>\d+)")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
     artifacts = {}

@@ -69,12 +69,13 @@ def squared_error_to(target, predictions):
     return ops.square(target - as_float(predictions))
 
 
-def rampup_weight(epoch, rampup_epochs):
+def rampup_weight(epoch, rampup_epochs, dtype="float32"):
     """Sigmoid-shaped ramp-up of the distillation terms (Laine & Aila), 0-based epoch.
 
         w(e) = exp(-5 * (1 - clip(e, 0, L) / L)^2)
 
-    Works on Python numbers and on tensors or variables (the model keeps the epoch in one).
+    Works on Python numbers and on tensors or variables (the model keeps the epoch in one);
+    ``dtype`` is the precision of the result (float64 in a float64 reference run).
     """
     if isinstance(epoch, (int, float)):
         if rampup_epochs <= 0:
@@ -82,7 +83,7 @@ def rampup_weight(epoch, rampup_epochs):
         e = min(max(float(epoch), 0.0), float(rampup_epochs))
         phase = 1.0 - e / float(rampup_epochs)
         return math.exp(-5.0 * phase * phase)
-    epoch = ops.cast(epoch, "float32")
+    epoch = ops.cast(epoch, dtype)
     if rampup_epochs <= 0:
         return ops.ones_like(epoch)
     phase = 1.0 - ops.clip(epoch, 0.0, float(rampup_epochs)) / float(rampup_epochs)

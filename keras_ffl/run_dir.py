@@ -4,10 +4,12 @@ at a time trains in it (an exclusive lock the operating system drops when the pr
 so a run killed with ``kill -9`` never blocks the next)."""
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import time
@@ -43,7 +45,7 @@ def claim(config):
     config_path = path(model_dir, CONFIG)
     if not os.path.exists(config_path):
         return False
-    previous = Config.load(config_path)
+    previous = relocated(Config.load(config_path), model_dir)
     diff = config.differences(previous)
     if diff:
         raise ConfigError(
@@ -56,6 +58,122 @@ def claim(config):
             f"--model_dir={model_dir}' or train into a new --model_dir"
         )
     return True
+
+
+#: Temporary files of writes a kill interrupted: ``NAME.tmpPID.weights.h5`` (weights) and
+#: ``NAME.tmp-PID`` (config.json, report.json, history.csv).
+LEFTOVER = re.compile(r".+\.tmp\d+\.weights\.h5|.+\.tmp-\d+")
+
+
+def remove_leftovers(model_dir):
+    """Removes what interrupted writes left in ``model_dir``, backup/ and checkpoints/ (call it
+    holding the lock: no live process writes there then).  Returns the paths removed."""
+    removed = []
+    for folder in (model_dir, path(model_dir, BACKUP), os.path.dirname(path(model_dir, LAST_CHECKPOINT))):
+        if not os.path.isdir(folder):
+            continue
+        for name in os.listdir(folder):
+            full = os.path.join(folder, name)
+            if LEFTOVER.fullmatch(name) and os.path.isfile(full):
+                os.remove(full)
+                removed.append(full)
+    return removed
+
+
+def process_alive(pid):
+    """Whether process ``pid`` lives on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_dead_partials(folder, pattern):
+    """Removes the entries of ``folder`` matching ``pattern`` (a regex whose group ``pid`` is the
+    writing process) whose process is dead: what a killed download or export left."""
+    if not os.path.isdir(folder):
+        return []
+    removed = []
+    for name in os.listdir(folder):
+        match = re.fullmatch(pattern, name)
+        if match and not process_alive(int(match["pid"])):
+            full = os.path.join(folder, name)
+            shutil.rmtree(full) if os.path.isdir(full) else os.remove(full)
+            removed.append(full)
+    return removed
+
+
+def live_holder(model_dir):
+    """What the lock file says of the live process training in ``model_dir`` (``{"pid": ...}``),
+    or None when none does.  Creates nothing."""
+    try:
+        fd = os.open(path(model_dir, LOCK), os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return holder_of(model_dir) or {"pid": "?"}
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def epochs_checkpointed(model_dir):
+    """Epochs done by the newest resume checkpoint of an unfinished run (0 when none)."""
+    folder = path(model_dir, BACKUP)
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    return max((int(m[1]) for n in names if (m := re.fullmatch(r"epoch-(\d+)\.weights\.h5", n))), default=0)
+
+
+def relocated(config, model_dir):
+    """``config`` (a run's saved one) as if written in ``model_dir``: where a run lives (its
+    folder, spelled with a trailing slash, relative or moved) is not part of its configuration,
+    and neither is the default FFCL pre-training folder inside it."""
+    from keras_ffl.config import PRETRAIN_SUBDIR
+
+    changes = {"model_dir": model_dir}
+    if config.pretrained_dir and os.path.normpath(config.pretrained_dir) == os.path.normpath(
+            os.path.join(config.model_dir, PRETRAIN_SUBDIR)):
+        changes["pretrained_dir"] = os.path.join(model_dir, PRETRAIN_SUBDIR)
+    return dataclasses.replace(config, **changes)
+
+
+def trim_history(model_dir, epochs_done):
+    """Keeps in history.csv the header and one whole row for each of the first ``epochs_done``
+    epochs (those the resume checkpoint holds): rows of epochs trained again after a resume,
+    and a row torn by a kill, go."""
+    import csv
+    import io
+
+    from keras_ffl.config import atomic_write_text
+
+    history = path(model_dir, HISTORY)
+    if not os.path.exists(history):
+        return
+    with open(history, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return
+    header, by_epoch = rows[0], {}
+    for row in rows[1:]:
+        try:
+            epoch = int(row[0])
+        except (ValueError, IndexError):
+            continue
+        if len(row) == len(header) and 0 <= epoch < epochs_done:
+            by_epoch[epoch] = row  # a repeated epoch (an older run's fallback): its latest row
+    kept = [by_epoch[e] for e in sorted(by_epoch)]
+    if kept == rows[1:]:
+        return
+    text = io.StringIO()
+    csv.writer(text).writerows([header, *kept])  # Keras's CSVLogger writes the excel dialect too
+    atomic_write_text(history, text.getvalue())
 
 
 def find_weights(model_dir):
@@ -76,6 +194,24 @@ def check_writable(model_dir):
         os.remove(probe)
     except OSError as e:
         raise ConfigError(f"--model_dir {model_dir} is not writable: {e.strerror or e}") from None
+
+
+def check_can_create(target, what):
+    """ConfigError unless ``target`` (a folder, existing or not) can be created and written:
+    its nearest existing ancestor is a folder this process can write in.  Creates nothing."""
+    import tempfile
+
+    ancestor = os.path.abspath(target)
+    while not os.path.exists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise ConfigError(f"{what} {target} is not writable: {ancestor} is not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=ancestor)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ConfigError(f"{what} {target} is not writable: {e.strerror or e}") from None
 
 
 #: Files of a model's size a run keeps at once: two resume checkpoints, the per-epoch

@@ -103,24 +103,63 @@ class MethodSpec:
     min_branches: int = 2
     same_architecture: bool = False
     default_branches: int = 2
+    # The distillation temperature and ramp-up length of the method's paper or code: the one
+    # default of the Python class and of the command line.
+    temperature: float = 3.0
+    rampup_epochs: int = 80
+    #: ``((preset, temperature, rampup_epochs), ...)`` where a method's presets differ (CL-ILR).
+    preset_distillation: tuple = ()
+    #: L2 decay of a fusion module (FFL's code: 1e-5; FFCL's paper: 5e-4 like every weight).
+    fusion_weight_decay: float = 1e-5
 
 
 METHODS = {
     "ffl": MethodSpec(topologies=("shared", "independent")),
-    "dml": MethodSpec(topologies=("independent",)),
+    # DML's paper: T = 1 and no ramp-up.
+    "dml": MethodSpec(topologies=("independent",), temperature=1.0, rampup_epochs=0),
     "one": MethodSpec(topologies=("shared",), same_architecture=True),
-    "afd": MethodSpec(topologies=("independent",)),
-    "ffcl": MethodSpec(topologies=("independent",)),
+    # AFD's paper (003, Sec. 4): T = 3, the KL at full weight from the first epoch.
+    "afd": MethodSpec(topologies=("independent",), rampup_epochs=0),
+    # FFCL's paper (004): "the value 1 means the temperature parameter"; no ramp-up mentioned.
+    "ffcl": MethodSpec(topologies=("independent",), temperature=1.0, rampup_epochs=0, fusion_weight_decay=5e-4),
     # Shared is allowed so that CE-only training of a shared-trunk model can be compared
     # (keras_ffl.bench's overhead figure); independent networks are the baseline's default.
-    "vanilla": MethodSpec(topologies=("independent", "shared"), min_branches=1),
-    "kd": MethodSpec(topologies=("independent",), min_branches=1, default_branches=1),
-    "cl_ilr": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=4),
+    "vanilla": MethodSpec(topologies=("independent", "shared"), min_branches=1, rampup_epochs=0),
+    "kd": MethodSpec(topologies=("independent",), min_branches=1, default_branches=1, rampup_epochs=0),
+    "cl_ilr": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=4,
+                         preset_distillation=(("mcl_okd", 2.0, 0), ("okddip", 3.0, 80))),
     "okddip": MethodSpec(topologies=("shared",), min_branches=3, same_architecture=True, default_branches=4),
-    "kdcl": MethodSpec(topologies=("independent",)),
-    "mcl_okd": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=4),
+    # No official code: T = 2, no ramp-up (assumptions, see methods/kdcl.py).
+    "kdcl": MethodSpec(topologies=("independent",), temperature=2.0, rampup_epochs=0),
+    # winycg/MCL-OKD: T = 3, the KL at full weight from the first epoch.
+    "mcl_okd": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=4, rampup_epochs=0),
     "pcl": MethodSpec(topologies=("shared",), same_architecture=True, default_branches=3),
 }
+
+
+def distillation_defaults(method, preset=""):
+    """``(temperature, rampup_epochs)`` of ``method`` (and its ``preset``), from its paper or code."""
+    spec = METHODS.get(method)
+    if spec is None:
+        return 3.0, 80
+    for name, temperature, rampup_epochs in spec.preset_distillation:
+        if name == preset:
+            return temperature, rampup_epochs
+    if spec.preset_distillation and not preset:
+        _, temperature, rampup_epochs = spec.preset_distillation[0]
+        return temperature, rampup_epochs
+    return spec.temperature, spec.rampup_epochs
+
+
+def distillation_defaults_help():
+    """One line naming every method's default temperature and ramp-up (for ``--help``)."""
+    parts = []
+    for method, spec in METHODS.items():
+        if spec.preset_distillation:
+            parts += [f"{method} {name} T={t:g} L={r}" for name, t, r in spec.preset_distillation]
+        else:
+            parts.append(f"{method} T={spec.temperature:g} L={spec.rampup_epochs}")
+    return "; ".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,17 +11,19 @@ automatically after an interruption), history.csv, TensorBoard logs, the final w
 report.json.
 """
 
+import os
 import sys
 import time
 
 from keras_ffl import backend, run_dir
 from keras_ffl.cli import run_main
-from keras_ffl.config import config_from_flags, parse_argv
+from keras_ffl.config import check_download_possible, config_from_flags, parse_argv
 
 
 def parse_config(argv):
     """argv -> validated Config (raises ConfigError)."""
     config = config_from_flags(parse_argv(argv)).validated()
+    check_download_possible(config)
     run_dir.claim(config)
     return config
 
@@ -71,6 +73,8 @@ def train(config, extra_callbacks=()):
     if writer:
         run_dir.check_writable(config.model_dir)
     with run_dir.locked(config.model_dir) if writer else _nothing():
+        if writer:  # temporary files of writes a kill interrupted
+            run_dir.remove_leftovers(config.model_dir)
         backend.import_quietly(config.backend)
         return _train(config, extra_callbacks)
 
@@ -93,7 +97,9 @@ def _train(config, extra_callbacks):
     run_pretraining(config, extra_callbacks)
     distribution = make_distribution(config)
     if config.mixed_precision != "none":
-        keras.mixed_precision.set_global_policy(config.mixed_precision)
+        from keras_ffl.build import set_precision
+
+        set_precision(config.mixed_precision)
     chief = distribution.is_chief
     keras.utils.set_random_seed(config.seed)
 
@@ -113,14 +119,20 @@ def _train(config, extra_callbacks):
 
     throughput = Throughput(config.batch_size)
     join = distribution.saves_are_collective
-    resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief, join=join)
+    # The resume checkpoints outlive fit: they are removed once the final weights and the report
+    # are written, so a run killed in between resumes after its last epoch instead of retraining.
+    resume = ResumeCheckpoint(run_dir.path(config.model_dir, run_dir.BACKUP), write=chief, join=join,
+                              delete_checkpoint=False)
     start_epoch = resume.restore(model)
+    if chief:  # one row per finished epoch: rows past the resume point (or torn) are trained again
+        run_dir.trim_history(config.model_dir, start_epoch)
     last = AtomicCheckpoint(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT), write=chief, join=join)
-    callbacks = [throughput, keras.callbacks.TerminateOnNaN(), resume, last]
+    callbacks = [throughput, keras.callbacks.TerminateOnNaN()]
     if data.holdout is not None:  # KDCL General: its weights from the held-out images, every epoch
         callbacks.insert(0, GeneralWeights(*data.holdout))
-    if chief:
-        callbacks += logging_callbacks(config)
+    if chief:  # an epoch's history row is written before its checkpoints: a kill between them leaves
+        callbacks += logging_callbacks(config)  # a row the resume trims, never a missing one
+    callbacks += [resume, last]
     callbacks += list(extra_callbacks)
 
     # The stream starts where the resume checkpoint is, so a resumed epoch sees the same batches.
@@ -147,12 +159,10 @@ def _train(config, extra_callbacks):
             shuffle=False,  # the stream is shuffled already
         )
     train_seconds = time.time() - started
-    if model.stop_training and history.history.get("loss") and not all(
+    if resume.diverged or (model.stop_training and history.history.get("loss") and not all(
         v == v and abs(v) != float("inf") for v in history.history["loss"]
-    ):
-        raise FloatingPointError(
-            f"training stopped: the loss became NaN or inf; the last good checkpoint is in {config.model_dir}"
-        )
+    )):
+        raise FloatingPointError(divergence_message(config, resume))
 
     with corrupt_records_named(config):
         metrics = model.evaluate(distribution.feed(data.test), return_dict=True, verbose=0)
@@ -168,15 +178,32 @@ def _train(config, extra_callbacks):
         "backend": keras.backend.backend(),
         "class_names": config.labels,
     }
+    for split in ("train", "test"):  # what the run used of each class (in-memory datasets)
+        counts = getattr(config, f"{split}_class_counts")
+        if counts:
+            report[f"{split}_examples_per_class"] = dict(zip(config.labels, counts))
     save_weights_in_step(model, run_dir.path(config.model_dir, run_dir.WEIGHTS), chief, join)
     if chief:
         write_report(run_dir.path(config.model_dir, run_dir.REPORT), report)
+    resume.delete()
     title = f"{config.method.upper()} {'/'.join(config.backbones)} on {config.dataset} ({data.test_size} test images)"
     print(format_table(rows, title), flush=True)
     if report["train_img_per_sec"]:
         print(f"train throughput: {report['train_img_per_sec']:.0f} img/s; wall time {train_seconds:.0f} s")
     print(f"report: {run_dir.path(config.model_dir, run_dir.REPORT)}", flush=True)
     return report
+
+
+def divergence_message(config, resume):
+    """What a diverged run tells: in which epoch, and the last good checkpoint when there is one."""
+    where = f" in epoch {resume.diverged_epoch + 1}" if resume.diverged_epoch is not None else ""
+    found = resume.checkpoints()
+    if found:
+        epochs, path = found[0]
+        return (f"training stopped: the loss or the weights became NaN or inf{where}; the last good checkpoint is "
+                f"in {config.model_dir}: {os.path.relpath(path, config.model_dir)} (after epoch {epochs})")
+    return (f"training stopped: the loss or the weights became NaN or inf{where}, before any epoch ended with "
+            f"finite weights: no checkpoint was saved in {config.model_dir} (try a lower --lr)")
 
 
 def main(argv=None):

@@ -10,11 +10,14 @@ and full config), the parts it can give, preprocessing, the weights' URL, sha256
 and the metrics measured when it was published.  Weight URLs are relative to a base URL:
 ``--base_url``, else ``$KERAS_FFL_ZOO_URL``, else the manifest's ``base_url`` (relative to the
 manifest's folder, so a clone serves its own committed weights).  Files are cached under
-``$KERAS_FFL_CACHE`` (default ``~/.keras/keras_ffl_zoo``), fetched through
-``keras.utils.get_file`` with their sha256, and used offline once cached.  A download that
-fails, is truncated or has the wrong hash is deleted before the error is raised.
+``$KERAS_FFL_CACHE`` (default ``~/.keras/keras_ffl_zoo``), checked against their sha256 and
+size, and used offline once cached.  Downloads stream through urllib with connect and read
+timeouts (``--timeout``) and stop as soon as more than the manifest's size arrives (Keras's
+``get_file`` has neither).  A download that fails, is truncated, padded or has the wrong hash,
+or is interrupted (Ctrl-C, SIGTERM), is deleted before the error is raised.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -88,59 +91,99 @@ def sha256_of(path):
 
 
 # ---------------------------------------------------------------------- download
-def download(name, manifest=None, base_url=None, cache=None):
-    """Returns the local path of ``name``'s weights, downloading and checking them if needed."""
-    import keras
-
+def download(name, manifest=None, base_url=None, cache=None, timeout=None):
+    """Returns the local path of ``name``'s weights, downloading and checking them if needed
+    (``timeout``: seconds to connect and for each read, default ``DEFAULT_TIMEOUT``)."""
     manifest = manifest or load_manifest()
     entry = get_entry(name, manifest)
     weights = entry.get("weights")
     if not weights:
         raise ZooError(f"'{name}' has no published weights yet: train it with --flagfile={entry.get('flagfile')}")
+    from keras_ffl.run_dir import check_can_create, remove_dead_partials
+
     folder = cache_dir(cache)
+    try:  # one line here, not a traceback (or, through Keras's get_file, a silent /tmp/.keras)
+        check_can_create(folder, "the zoo cache (--cache_dir or $KERAS_FFL_CACHE)")
+    except ConfigError as e:
+        raise ZooError(str(e)) from None
     os.makedirs(folder, exist_ok=True)
+    remove_dead_partials(folder, r".+\.partial(?P<pid>\d+)")  # what killed downloads left
     final = os.path.join(folder, os.path.basename(weights["url"]))
     if os.path.exists(final):
         if os.path.getsize(final) == weights["size"] and sha256_of(final) == weights["sha256"]:
             return final
         os.remove(final)  # stale or tampered: never used, fetched again below
     url = urllib.parse.urljoin(resolve_base_url(manifest, base_url), weights["url"])
-    partial = f"{os.path.basename(final)}.partial{os.getpid()}"
-    partial_path = os.path.join(folder, partial)
+    partial_path = os.path.join(folder, f"{os.path.basename(final)}.partial{os.getpid()}")
     try:
-        keras.utils.get_file(
-            fname=partial,
-            origin=url,
-            file_hash=weights["sha256"],
-            hash_algorithm="sha256",
-            cache_dir=folder,
-            cache_subdir=".",
-            force_download=True,
-        )
+        with terminate_as_exit():  # SIGTERM unwinds through here too, so the partial file goes
+            fetch(url, partial_path, weights["size"], DEFAULT_TIMEOUT if timeout is None else timeout)
+            size = os.path.getsize(partial_path)
+            if size != weights["size"]:
+                raise ZooError(f"download of {url} is truncated or padded: {size} bytes, expected {weights['size']}")
+            if sha256_of(partial_path) != weights["sha256"]:
+                raise ZooError(f"download of {url} does not match its sha256 {weights['sha256'][:12]}...: refused")
+            os.replace(partial_path, final)
     except BaseException as e:
-        size = os.path.getsize(partial_path) if os.path.exists(partial_path) else None
         if os.path.exists(partial_path):
             os.remove(partial_path)
-        if isinstance(e, KeyboardInterrupt):
+        if isinstance(e, (KeyboardInterrupt, SystemExit, ZooError)):
             raise
-        if size is not None and size != weights["size"]:
-            raise ZooError(f"download of {url} is truncated or padded: {size} bytes, expected {weights['size']}") from None
-        message = str(e).lower()
-        if isinstance(e, ValueError) and ("hash" in message or "corrupted" in message):
-            raise ZooError(f"download of {url} does not match its sha256 {weights['sha256'][:12]}...: refused") from None
-        raise ZooError(f"cannot download {url}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    os.replace(partial_path, final)
+        if isinstance(e, TimeoutError) or "timed out" in str(e):
+            raise ZooError(f"cannot download {url}: no answer within {timeout or DEFAULT_TIMEOUT:g} s (--timeout)") \
+                from None
+        reason = getattr(e, "reason", None) or e
+        raise ZooError(f"cannot download {url}: {str(reason).splitlines()[0] if str(reason) else type(e).__name__}") \
+            from None
     return final
 
 
+#: Seconds a download may wait to connect, and then for each block (``--timeout``).
+DEFAULT_TIMEOUT = 30.0
+
+
+def fetch(url, path, size, timeout):
+    """Streams ``url`` into ``path``, ``timeout`` seconds at most for the connection and for each
+    read; refuses (ZooError) as soon as more than ``size`` bytes arrive, whatever the server's
+    Content-Length says or omits, so a bad mirror never fills the disk."""
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(path, "wb") as f:
+        received = 0
+        while block := response.read(1 << 16):
+            received += len(block)
+            if received > size:
+                raise ZooError(f"download of {url} is truncated or padded: more than the {size} bytes expected; "
+                               "stopped reading")
+            f.write(block)
+
+
+@contextlib.contextmanager
+def terminate_as_exit():
+    """Within: SIGTERM raises SystemExit(143) (in the main thread), so cleanups run as on Ctrl-C."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def exit_now(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # -------------------------------------------------------------------------- load
-def load_method_model(name, manifest=None, base_url=None, cache=None):
+def load_method_model(name, manifest=None, base_url=None, cache=None, timeout=None):
     """The whole method model of ``name`` (every part), weights loaded; returns ``(model, config)``."""
     from keras_ffl.build import build_model
 
     manifest = manifest or load_manifest()
     entry = get_entry(name, manifest)
-    path = download(name, manifest, base_url, cache)
+    path = download(name, manifest, base_url, cache, timeout)
     config = entry_config(entry)
     spec = config.dataset_spec
     model = build_model(config, spec.num_classes, spec.image_shape)
@@ -163,20 +206,21 @@ def load(name, part=None, raw_pixels=False, manifest=None, base_url=None, cache=
     return part_model(model, config, part, raw_pixels=raw_pixels)
 
 
-def evaluate(name, part=None, data_dir="", manifest=None, base_url=None, cache=None):
+def evaluate(name, part=None, data_dir="", manifest=None, base_url=None, cache=None, timeout=None):
     """Evaluates every part on the entry's test split; returns ``(rows, entry, test_size)``."""
     import dataclasses
 
     from keras_ffl.build import compile_model
-    from keras_ffl.config import check_data_dir
+    from keras_ffl.config import check_data_dir, check_download_possible
     from keras_ffl.data import load_data
     from keras_ffl.report import summarize
 
     manifest = manifest or load_manifest()
     entry = get_entry(name, manifest)
-    model, config = load_method_model(name, manifest, base_url, cache)
+    model, config = load_method_model(name, manifest, base_url, cache, timeout)
     config = dataclasses.replace(config, data_dir=data_dir or config.data_dir)
     check_data_dir(config.dataset, config.resolved_data_dir)
+    check_download_possible(config)
     compile_model(model, config, 1)
     data = load_data(config, splits=("test",))
     metrics = model.evaluate(data.test, return_dict=True, verbose=0)
@@ -313,6 +357,8 @@ def define_flags(flag_values):
     flags.DEFINE_string("cache_dir", "", f"Download cache (default ${ENV_CACHE} or ~/.keras/keras_ffl_zoo).",
                         flag_values=flag_values)
     flags.DEFINE_string("manifest", "", "Manifest file (default zoo/manifest.json).", flag_values=flag_values)
+    flags.DEFINE_float("timeout", DEFAULT_TIMEOUT, "download: seconds to wait for the server to connect, and then "
+                       "for each block.", flag_values=flag_values)
     flags.DEFINE_string("data_dir", "", "evaluate: data location override.", flag_values=flag_values)
     flags.DEFINE_string("model_dir", "", "publish: the finished run to package.", flag_values=flag_values)
     flags.DEFINE_string("flagfile_recipe", "", "publish: the flagfile that trained it (recorded in the entry).",
@@ -325,6 +371,8 @@ def main(argv=None):
 
     def body():
         command, fv = parse_command(argv, COMMANDS, "zoo", define_flags)
+        if not (fv.timeout > 0 and fv.timeout != float("inf")):
+            raise ConfigError(f"--timeout must be a positive number of seconds, got {fv.timeout}")
         manifest = load_manifest(fv.manifest or None) if command not in ("publish", "recipe") else None
         if command == "list":
             print("| name | method | networks | dataset | parts | weights | published top-1 (%) |")
@@ -351,12 +399,13 @@ def main(argv=None):
         if not fv.name:
             raise ConfigError(f"{command} needs --name (see 'python -m keras_ffl.zoo list')")
         if command == "download":
-            print(download(fv.name, manifest, fv.base_url or None, fv.cache_dir or None))
+            print(download(fv.name, manifest, fv.base_url or None, fv.cache_dir or None, fv.timeout))
             return 0
         from keras_ffl.report import format_table
 
         rows, entry, test_size = evaluate(fv.name, data_dir=fv.data_dir, manifest=manifest,
-                                          base_url=fv.base_url or None, cache=fv.cache_dir or None)
+                                          base_url=fv.base_url or None, cache=fv.cache_dir or None,
+                                          timeout=fv.timeout)
         print(format_table(rows, f"{fv.name} on {entry['dataset']} ({test_size} test images)"))
         published = entry.get("metrics", {}).get("top1", {})
         worst = max((abs(rows[p]["top1"] - v) for p, v in published.items() if p in rows), default=0.0)

@@ -12,7 +12,6 @@ losses, every weight and every optimiser variable to its output file.  The backe
 it under JAX and compare with the same step under TensorFlow.
 """
 
-import json
 import os
 import sys
 
@@ -33,7 +32,12 @@ def run_case(case):
     from helpers import tiny_config
     from keras_ffl.build import build_model, compile_model
 
-    keras.mixed_precision.set_global_policy(case.get("dtype", "float32"))
+    from backend_fit import plant
+
+    from keras_ffl.build import set_precision
+
+    plant(case.get("defect"))
+    set_precision(case.get("dtype", "float32"))
     steps = case.get("steps") or [dict(batch=case["batch"], output=case["output"])]
     if case.get("data_parallel"):  # every local device (JAX: keras.distribution)
         import jax
@@ -53,23 +57,13 @@ def run_case(case):
             logs = model.train_on_batch(inputs, batch["y"], return_dict=True)
             np.savez(step["output"], **state_arrays(model, logs))
     finally:
-        keras.mixed_precision.set_global_policy("float32")
+        set_precision("float32")
         if case.get("data_parallel"):
             keras.distribution.set_distribution(None)
 
 
-def main(path):
-    with open(path) as f:
-        cases = json.load(f)
-    import time
-
-    for case in cases:
-        started = time.time()
-        run_case(case)
-        if os.environ.get("KERAS_FFL_TIMING"):
-            print(f"{case['output']}: {time.time() - started:.1f} s", file=sys.stderr)
-
-
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    main(sys.argv[1])
+    from backend_fit import run_cases
+
+    run_cases(sys.argv[1], run_case)

@@ -175,8 +175,10 @@ def pcl_terms(logits, ensemble, ema_logits, labels, temperature):
     k = len(logits)
     terms = {f"ce_net{i}": cross_entropy(z, labels) for i, z in enumerate(logits)}
     terms["ce_peer_ensemble"] = cross_entropy(ensemble, labels)
-    terms.update({f"kd_pe_net{i}": float(kl_rows(z, ensemble, temperature).mean()) for i, z in enumerate(logits)})
+    # The unofficial code's plain KL (F.kl_div on F.softmax): no 1e-7 on the teacher.
+    terms.update({f"kd_pe_net{i}": float(kl_rows(z, ensemble, temperature, eps=0.0).mean())
+                  for i, z in enumerate(logits)})
     for i in range(k):
-        terms[f"kd_pm_net{i}"] = float(np.mean([kl_rows(logits[i], ema_logits[j], temperature).mean()
+        terms[f"kd_pm_net{i}"] = float(np.mean([kl_rows(logits[i], ema_logits[j], temperature, eps=0.0).mean()
                                                 for j in range(k) if j != i]))
     return terms

@@ -186,3 +186,18 @@ def test_the_public_api_imports_no_backend_until_used():
     env = dict(os.environ, PYTHONPATH=REPO)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("imports", ["import keras_ffl, keras", "import keras, keras_ffl",
+                                     "from keras_ffl import callbacks; import keras"])
+def test_a_keras_file_loads_in_a_new_process_after_import_keras_ffl_alone(tmp_path, imports):
+    model = make("okddip")  # a method, its layers (attention heads) and a backbone's
+    model.compile(optimizer="sgd")
+    x, y = data(8)
+    model.fit(x, y, batch_size=8, epochs=1, verbose=0)
+    path = str(tmp_path / "okddip.keras")
+    model.save(path)
+    code = f"{imports}; import sys; print(type(keras.saving.load_model(sys.argv[1])).__name__)"
+    env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
+    result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "OKDDip", result.stderr[-2000:]

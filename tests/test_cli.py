@@ -170,7 +170,8 @@ def test_a_nan_loss_stops_the_run_and_the_last_good_checkpoint_survives(tmp_path
 
     config = tiny_config(epochs=3, model_dir=str(tmp_path / "run"), validation_freq=0)
     poison = PoisonAtEpoch(1)
-    with pytest.raises(FloatingPointError, match="NaN or inf; the last good checkpoint is in"):
+    message = r"NaN or inf in epoch 2; the last good checkpoint is in .*run: backup/epoch-1.weights.h5 \(after epoch 1\)"
+    with pytest.raises(FloatingPointError, match=message):
         train(config, extra_callbacks=[poison])
     assert not os.path.exists(run_dir.path(config.model_dir, run_dir.REPORT))
     model = build_model(config, 10, (32, 32, 3))
@@ -202,3 +203,32 @@ def test_a_corrupt_resume_checkpoint_falls_back_to_the_previous_one(tmp_path):
     report = train(config, extra_callbacks=[record])
     assert record.first_epoch == 1  # resumed from the end of epoch 0, the previous good checkpoint
     assert report["results"]["net0"]["top1"] >= 0
+
+
+def test_a_dataset_not_on_disk_fails_at_once_offline_saying_how_to_supply_it_and_creates_nothing(tmp_path,
+                                                                                                  monkeypatch):
+    import socket
+    import time
+
+    from keras_ffl.config import ConfigError
+    from keras_ffl.train import parse_config
+
+    def offline(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # where tfds would put its downloads
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    started = time.time()
+    with pytest.raises(ConfigError, match=r"cifar100 is not in tfds's data_dir .* www.cs.toronto.edu cannot be reached "
+                                          r"\(Name or service not known\): offline, put cifar-100-python.tar.gz .* in "
+                                          "--data_dir"):
+        parse_config(["train", "--flagfile=res32_cifar100", f"--model_dir={tmp_path / 'run'}"])
+    data = tmp_path / "data"
+    data.mkdir()
+    with pytest.raises(ConfigError, match=f"cifar10 is not in {data} and"):
+        parse_config(["train", "--dataset=cifar10", f"--data_dir={data}", f"--model_dir={tmp_path / 'run'}"])
+    with pytest.raises(ConfigError, match="imagenet2012 is not prepared in .* pass --manual_dir"):
+        parse_config(["train", "--flagfile=ffl_res34_imagenet", f"--model_dir={tmp_path / 'run'}"])
+    assert time.time() - started < 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and not list(data.iterdir())

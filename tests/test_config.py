@@ -8,6 +8,7 @@ import pytest
 from keras_ffl.specs import METHODS as METHOD_SPECS
 
 from conftest import REPO
+from helpers import tiny_config
 from keras_ffl.config import Config, ConfigError, config_from_flags, parse_argv
 
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "zoo", "*.flags")))
@@ -127,3 +128,76 @@ def test_the_backend_is_the_chosen_one_if_installed_else_keras_json_else_the_fir
     monkeypatch.delenv("KERAS_BACKEND")
     with pytest.raises(ConfigError, match="no Keras backend is installed"):
         backend.resolve()
+
+
+BAD_NUMBERS = ["--lr=nan", "--lr=inf", "--lr=0", "--temperature=nan", "--momentum=-5", "--momentum=nan",
+               "--momentum=1", "--lr_gamma=nan", "--lr_gamma=-0.1", "--lr_gamma=inf", "--weight_decay=inf",
+               "--weight_decay=-1", "--fusion_weight_decay=nan", "--feature_lr=nan", "--feature_weight_decay=inf",
+               "--nce_t=nan", "--nce_m=nan", "--ce_weight=nan", "--kd_weight=inf", "--contrastive_weight=nan",
+               "--ema_decay=nan", "--validation_fraction=nan", "--seed=-1", "--verbose=3", "--cpu_devices=-1",
+               "--task_index=-1", "--num_branches=-2", "--image_size=-1"]
+
+
+@pytest.mark.parametrize("flag", BAD_NUMBERS)
+def test_every_numeric_flag_has_a_range_checked_before_any_work(flag):
+    name = flag[2:].split("=")[0]
+    with pytest.raises(ConfigError, match=f"--{name}"):
+        config_from_flags(parse_argv(["train", "--dataset=synthetic", flag])).validated()
+
+
+def test_a_numeric_flag_out_of_range_is_one_line_and_exit_2_from_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    for flag in ("--momentum=-5", "--lr=nan"):
+        result = subprocess.run([sys.executable, "-m", "keras_ffl.train", "--dataset=synthetic", flag,
+                                 f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env,
+                                timeout=120)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {flag.split('=')[0]} "), \
+            result.stderr[-2000:]
+        assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("method,preset", [(m, "") for m in sorted(METHOD_SPECS) if m != "cl_ilr"] +
+                         [("cl_ilr", "mcl_okd"), ("cl_ilr", "okddip")])
+def test_a_method_has_one_default_per_setting_from_python_and_the_command_line(method, preset, tmp_path):
+    """``--method=X`` with no method flags builds the model ``X(networks)`` builds: every
+    setting in the model's config is the same, the temperature and ramp-up being the method's
+    own (MCL-OKD and KDCL once differed: T = 3 and an 80-epoch ramp-up from the command line,
+    T = 2 or no ramp-up from Python)."""
+    import keras
+
+    from keras_ffl import specs
+    from keras_ffl.build import build_model, build_subnetworks, train_size_of
+    from keras_ffl.methods import METHODS
+
+    argv = ["train", f"--method={method}", "--dataset=synthetic", "--backbones=resnet8",
+            f"--model_dir={tmp_path / 'run'}"] + ([f"--cl_ilr_preset={preset}"] if preset else [])
+    required = {}
+    if method == "kd":
+        teacher = tiny_config(method="vanilla", num_branches=1, epochs=1, validation_freq=0,
+                              model_dir=str(tmp_path / "teacher"))
+        from keras_ffl.train import train
+
+        train(teacher)
+        argv.append(f"--teacher_dir={teacher.model_dir}")
+    config = config_from_flags(parse_argv(argv)).validated()
+    assert (config.temperature, config.rampup_epochs) == specs.distillation_defaults(method, preset)
+    from_cli = build_model(config, 10, (32, 32, 3)).get_config()
+    networks = build_subnetworks(config, 10, (32, 32, 3))
+    if method == "kd":
+        required["teacher"] = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Flatten(),
+                                                keras.layers.Dense(10)])
+    if method == "mcl_okd":
+        required["memory_size"] = train_size_of(config)
+    if preset:
+        required["preset"] = preset
+    from_python = METHODS[method](networks.pop("branches"), 10, trunk=networks.pop("trunk"), **networks,
+                                  **required).get_config()
+    settings = [k for k, v in from_cli.items() if isinstance(v, (int, float, str, bool, type(None))) and k != "name"]
+    assert "temperature" in settings and "rampup_epochs" in settings
+    assert {k: from_python[k] for k in settings} == {k: from_cli[k] for k in settings}
+    explicit = config_from_flags(parse_argv(argv + ["--temperature=5", "--rampup_epochs=7"])).validated()
+    assert (explicit.temperature, explicit.rampup_epochs) == (5.0, 7)

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import KILL_AT_STEP, read_weights, tiny_config, train_until_interrupted
 from keras_ffl import run_dir
-from keras_ffl.config import ConfigError
+from keras_ffl.config import Config, ConfigError
 
 FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
          "--batch_size=16", "--eval_batch_size=16", "--epochs=3", "--rampup_epochs=2", "--lr_milestones=2",
@@ -195,3 +195,194 @@ def test_a_second_live_run_in_a_model_dir_is_refused_and_a_killed_ones_lock_is_n
     assert json.loads((model_dir / run_dir.LOCK).read_text())["pid"] == first.pid
     with run_dir.locked(str(model_dir)):
         assert json.loads((model_dir / run_dir.LOCK).read_text())["pid"] == os.getpid()
+
+
+class InterruptAtTrainEnd:
+    """A kill between the end of fit and the run's report, where Keras's BackupAndRestore
+    removed the resume checkpoints (the final evaluation and saves run there)."""
+
+    def __new__(cls):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_end(self, logs=None):
+                raise KeyboardInterrupt("killed after fit, before the report")
+
+        return Callback()
+
+
+def history_epochs(model_dir):
+    import csv
+
+    with open(run_dir.path(model_dir, run_dir.HISTORY), newline="") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def test_a_run_killed_after_its_last_epoch_resumes_there_instead_of_retraining(tmp_path, capsys):
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=3, model_dir=str(tmp_path / "run"), validation_freq=0)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, extra_callbacks=[InterruptAtTrainEnd()])
+    assert not os.path.exists(run_dir.path(config.model_dir, run_dir.REPORT))
+    trained = read_weights(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT))
+    capsys.readouterr()
+    train(config)
+    assert "after epoch 3" in capsys.readouterr().out
+    assert history_epochs(config.model_dir) == [0, 1, 2]
+    final = read_weights(run_dir.path(config.model_dir, run_dir.WEIGHTS))
+    for name in trained:  # the trained weights, not a second training from scratch
+        np.testing.assert_array_equal(final[name], trained[name], err_msg=name)
+    assert not os.path.exists(run_dir.path(config.model_dir, run_dir.BACKUP))  # a finished run needs none
+
+
+def test_history_csv_holds_one_row_per_finished_epoch_after_any_resume(tmp_path, monkeypatch):
+    from keras_ffl.callbacks import ResumeCheckpoint
+    from keras_ffl.train import train
+
+    # A kill right after epoch 1's resume checkpoint is written.
+    config = tiny_config(epochs=3, model_dir=str(tmp_path / "killed"), validation_freq=0)
+    real_save = ResumeCheckpoint._save_model
+
+    def save_then_die(self):
+        real_save(self)
+        if self._current_epoch == 2:
+            raise KeyboardInterrupt("killed after the resume checkpoint")
+
+    monkeypatch.setattr(ResumeCheckpoint, "_save_model", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.undo()
+    train(config)
+    assert history_epochs(config.model_dir) == [0, 1, 2]
+
+    # The newest resume checkpoint is damaged: the run falls back to the one before and
+    # trains that epoch again.
+    config = tiny_config(epochs=3, model_dir=str(tmp_path / "fallback"), validation_freq=0)
+    train_until_interrupted(config, after_epoch=1)
+    assert history_epochs(config.model_dir) == [0, 1]
+    latest = run_dir.path(config.model_dir, os.path.join(run_dir.BACKUP, "epoch-2.weights.h5"))
+    with open(latest, "r+b") as f:
+        f.truncate(os.path.getsize(latest) // 2)
+    train(config)
+    assert history_epochs(config.model_dir) == [0, 1, 2]
+
+
+def test_a_blow_up_on_an_epochs_last_step_is_not_saved_as_a_good_checkpoint(tmp_path):
+    from keras_ffl.train import train
+
+    # Epoch 1's single step runs at lr 0.05 * 1e38: its loss (computed before the update) is
+    # finite, the weights after it are not.
+    config = tiny_config(epochs=3, steps_per_epoch=1, lr=0.05, lr_milestones=(1,), lr_gamma=1e38,
+                         model_dir=str(tmp_path / "run"), validation_freq=0)
+    message = (r"NaN or inf in epoch 2; the last good checkpoint is in .*run: backup/epoch-1.weights.h5 "
+               r"\(after epoch 1\)")
+    with pytest.raises(FloatingPointError, match=message):
+        train(config)
+    backup = run_dir.path(config.model_dir, run_dir.BACKUP)
+    assert sorted(os.listdir(backup)) == ["epoch-1.weights.h5"]
+    for path in (os.path.join(backup, "epoch-1.weights.h5"), run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT)):
+        assert all(np.isfinite(v).all() for v in read_weights(path).values() if v.dtype.kind == "f"), path
+    with pytest.raises(FloatingPointError, match=message):  # the rerun resumes from the good one
+        train(config)
+
+    config = tiny_config(epochs=2, steps_per_epoch=1, lr=1e38, model_dir=str(tmp_path / "first"), validation_freq=0)
+    with pytest.raises(FloatingPointError, match="NaN or inf in epoch 1, before any epoch ended with finite weights: "
+                                                 "no checkpoint was saved"):
+        train(config)
+
+
+def test_an_interrupted_run_resumes_however_its_model_dir_is_spelled_or_wherever_it_moved(tmp_path, monkeypatch,
+                                                                                           capsys):
+    import dataclasses
+
+    from helpers import replace
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=2, model_dir=str(tmp_path / "run"), validation_freq=0)
+    train_until_interrupted(config, after_epoch=0)
+    monkeypatch.chdir(tmp_path)
+    for spelling in (str(tmp_path / "run") + "/", "run", "./run/"):
+        assert run_dir.claim(replace(config, model_dir=spelling)) is True
+    os.rename(tmp_path / "run", tmp_path / "moved")
+    capsys.readouterr()
+    report = train(replace(config, model_dir="moved"))
+    assert "Resuming the run in moved after epoch 1" in capsys.readouterr().out
+    assert history_epochs("moved") == [0, 1] and set(report["results"]) >= {"net0", "fused"}
+    # FFCL's default pre-training folder lives inside the run: it moves with it.
+    ffcl = Config(method="ffcl", dataset="synthetic", backbones=("resnet8",), model_dir=str(tmp_path / "a"))
+    ffcl = ffcl.validated(check_data=False)
+    assert ffcl.pretrained_dir == str(tmp_path / "a" / "pretrain")
+    ffcl.save(str(tmp_path / "a" / "config.json"))
+    moved = dataclasses.replace(ffcl, model_dir=str(tmp_path / "b"), pretrained_dir="").validated(check_data=False)
+    os.rename(tmp_path / "a", tmp_path / "b")
+    assert run_dir.claim(moved) is True
+    with pytest.raises(ConfigError, match="differs in: pretrained_dir"):
+        run_dir.claim(dataclasses.replace(moved, pretrained_dir=str(tmp_path / "elsewhere")))
+
+
+def dead_pid():
+    """The id of a process that has ended."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_leftovers_of_killed_writes_go_and_a_full_disk_is_one_line(tmp_path, monkeypatch):
+    import keras
+
+    from keras_ffl import zoo
+    from keras_ffl.errors import WriteError
+    from keras_ffl.train import train
+
+    config = tiny_config(epochs=2, model_dir=str(tmp_path / "run"), validation_freq=0)
+    train_until_interrupted(config, after_epoch=0)
+    leftovers = [run_dir.path(config.model_dir, name) for name in (
+        os.path.join(run_dir.BACKUP, "epoch-2.tmp99999.weights.h5"), "checkpoints/last.tmp4242.weights.h5",
+        "config.json.tmp-777", "report.json.tmp-31337")]
+    for leftover in leftovers:
+        with open(leftover, "wb") as f:
+            f.write(b"half a file")
+    train(config)
+    assert not [p for p in leftovers if os.path.exists(p)]
+
+    # A killed zoo download's partial file goes with the next download; a live one's stays.
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    dead, live = cache / f"x.weights.h5.partial{dead_pid()}", cache / f"y.weights.h5.partial{os.getppid()}"
+    dead.write_bytes(b"partial")
+    live.write_bytes(b"partial")
+    manifest = {"format": 1, "models": {"m": {"weights": None, "flagfile": "f"}}, "_path": str(tmp_path / "m.json")}
+    with pytest.raises(zoo.ZooError, match="no published weights"):
+        zoo.download("m", manifest, cache=str(cache))
+    manifest["models"]["m"]["weights"] = {"url": "m.weights.h5", "sha256": "0" * 64, "size": 1}
+    with pytest.raises(zoo.ZooError):
+        zoo.download("m", manifest, base_url=(tmp_path / "nowhere").as_uri() + "/", cache=str(cache))
+    assert not dead.exists() and live.exists()
+
+    # h5py's own message for a full disk spans two lines and names the temporary file.
+    def full_disk(self, path, *args, **kwargs):
+        error = OSError(errno.ENOSPC, f"Unable to synchronously create file (file write failed: time = Fri Dec  4 "
+                        f"02:31:34 2026\n, filename = '{path}', errno = 28, error message = 'No space left on device')")
+        raise error
+
+    monkeypatch.setattr(keras.Model, "save_weights", full_disk)
+    config = tiny_config(epochs=1, model_dir=str(tmp_path / "full"), validation_freq=0)
+    with pytest.raises(WriteError) as error:
+        train(config)
+    assert str(error.value) == (f"cannot write {run_dir.path(config.model_dir, 'backup/epoch-1.weights.h5')}: "
+                                "No space left on device; the previous file there is intact")
+
+
+def test_evaluate_says_when_it_scores_an_unfinished_run(tmp_path, capsys):
+    from keras_ffl.evaluate import evaluate
+
+    config = tiny_config(epochs=3, model_dir=str(tmp_path / "run"), validation_freq=0)
+    train_until_interrupted(config, after_epoch=0)
+    capsys.readouterr()
+    evaluate(config.model_dir)
+    assert (f"note: {config.model_dir} is an unfinished run, interrupted: scoring checkpoints/last.weights.h5 "
+            "(after epoch 1 of 3)") in capsys.readouterr().err
+    with run_dir.locked(config.model_dir):  # a live run holds it
+        evaluate(config.model_dir)
+    assert f"is an unfinished run, still training (process {os.getpid()} on " in capsys.readouterr().err

@@ -156,7 +156,7 @@ def test_a_few_steps_lower_the_training_loss():
     compile_model(model, config, 4)
     x, y = random_batch(32, seed=3)
     first = float(model.evaluate(x, y, verbose=0, return_dict=True)["loss"])
-    model.fit(x, y, batch_size=16, epochs=6, verbose=0)
+    model.fit(x, y, batch_size=16, epochs=10, verbose=0)  # 20 steps: 0.59 of the first loss measured
     last = float(model.evaluate(x, y, verbose=0, return_dict=True)["loss"])
     assert last < 0.8 * first
 

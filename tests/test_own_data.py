@@ -225,3 +225,114 @@ def test_kill_9_and_resume_on_a_folder_dataset_end_bit_identical(tmp_path):
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+def test_a_subset_of_a_folder_is_a_seeded_stratified_sample_and_the_run_records_its_classes(tmp_path):
+    from helpers import tiny_config
+    from keras_ffl.train import train
+
+    root = write_folder(tmp_path / "shapes", per_class=(12, 4))  # the listing is sorted by class
+    config = tiny_config(dataset="folder", data_dir=str(root), train_examples=18, test_examples=6, image_size=16,
+                         model_dir=str(tmp_path / "run"), validation_freq=0)
+    report = train(config)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train_class_counts"] == [6, 6, 6] and saved["test_class_counts"] == [2, 2, 2]
+    assert report["train_examples_per_class"] == dict(zip(CLASSES, [6, 6, 6]))
+    assert report["test_examples_per_class"] == dict(zip(CLASSES, [2, 2, 2]))
+    with pytest.raises(ConfigError, match="--train_examples=2 is fewer than the 3 classes of"):
+        tiny_config(dataset="folder", data_dir=str(root), train_examples=2)
+
+
+def test_16_bit_and_other_modes_decode_to_their_own_range_or_are_refused_in_one_line(tmp_path):
+    from PIL import Image
+
+    from keras_ffl.data import folder
+    from keras_ffl.errors import DataError
+
+    rng = np.random.default_rng(0)
+    for name, level in (("dark", 12000), ("bright", 52000)):
+        (tmp_path / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            pixels = np.clip(level + rng.normal(0, 3000, (12, 12)), 0, 65535).astype(np.uint16)
+            Image.fromarray(pixels).save(tmp_path / "train" / name / f"{i}.png")  # 16-bit greyscale PNG
+    with Image.open(tmp_path / "train" / "dark" / "0.png") as picture:
+        assert picture.mode == "I;16"
+        expected = np.round(np.asarray(picture) / 257.0)
+    listing = folder.scan(str(tmp_path))
+    assert listing.classes == ("bright", "dark")
+    images, labels = folder.load(listing.train, 12, train=False)
+    np.testing.assert_array_equal(images[labels == 1][0, :, :, 0], expected)  # same size: no resampling
+    assert images[labels == 1].mean() == pytest.approx(12000 / 257, abs=3)
+    assert images[labels == 0].mean() == pytest.approx(52000 / 257, abs=3)
+    _, std = folder.channel_statistics(images, seed=0)
+    assert min(std) > 0.1  # saturated to 255 everywhere, it was 0.001
+    # Floating-point pixels (a TIFF under a .png name: Pillow reads the content) have no range.
+    Image.fromarray(rng.random((12, 12)).astype(np.float32)).save(tmp_path / "float.png", format="TIFF")
+    with pytest.raises(DataError, match=r"cannot read image .*float.png: floating-point pixels \(mode F\)"):
+        folder.decode(str(tmp_path / "float.png"), 12, 12)
+
+
+def png_header_only(path, width, height):
+    """A PNG that declares ``width`` x ``height`` pixels (1-bit greyscale) with a tiny body:
+    Pillow reads the size, and refuses it, before decoding anything."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b""))
+
+
+def test_hidden_entries_are_not_classes_or_images_and_a_huge_image_is_one_line(tmp_path):
+    from PIL import Image
+
+    from keras_ffl.data import folder
+    from keras_ffl.errors import DataError
+
+    root = write_folder(tmp_path / "shapes", per_class=(2, 1))
+    for split in ("train", "test"):
+        hidden = root / split / ".ipynb_checkpoints"
+        hidden.mkdir()
+        Image.new("RGB", (8, 8)).save(hidden / "copy.png")
+        (root / split / "circle" / "._circle_0.png").write_bytes(b"\0\5\26\7 AppleDouble")  # macOS metadata
+    listing = folder.scan(str(root))
+    assert listing.classes == CLASSES
+    assert not any(os.path.basename(path).startswith(".") for path, _ in listing.train + listing.test)
+    png_header_only(tmp_path / "huge.png", 14000, 14000)  # 196 megapixels
+    with pytest.raises(DataError) as error:
+        folder.decode(str(tmp_path / "huge.png"), 32, 32)
+    assert len(str(error.value).splitlines()) == 1
+    assert "cannot read image" in str(error.value) and "196000000 pixels" in str(error.value)
+
+
+def test_evaluate_and_zoo_evaluate_refuse_a_folder_whose_classes_changed(folder_run, tmp_path):
+    import shutil
+
+    from keras_ffl import zoo
+    from keras_ffl.evaluate import evaluate
+
+    root, model_dir, _ = folder_run
+    renamed, added = tmp_path / "renamed", tmp_path / "added"
+    shutil.copytree(root, renamed)
+    shutil.copytree(root, added)
+    for split in ("train", "test"):
+        (renamed / split / "square").rename(renamed / split / "box")
+        shutil.copytree(root / split / "circle", added / split / "disc")
+    result = run("-m", "keras_ffl.evaluate", f"--model_dir={model_dir}", f"--data_dir={renamed}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
+    assert "has other class folders than the run was trained on (extra box; missing square)" in lines[0]
+    with pytest.raises(ConfigError, match=r"other class folders than the run was trained on \(extra disc\): it "
+                                          "needs exactly circle, square, stripes"):
+        evaluate(str(model_dir), data_dir=str(added))
+    manifest = tmp_path / "zoo" / "manifest.json"
+    zoo.publish(str(model_dir), "shapes", manifest_path=str(manifest))
+    for folder in (renamed, added):
+        with pytest.raises(ConfigError, match="other class folders than the run was trained on"):
+            zoo.evaluate("shapes", data_dir=str(folder), manifest=zoo.load_manifest(str(manifest)),
+                         cache=str(tmp_path / "cache"))
+    rows, _, _ = zoo.evaluate("shapes", data_dir=str(root), manifest=zoo.load_manifest(str(manifest)),
+                              cache=str(tmp_path / "cache"))
+    assert set(rows) >= {"net0", "fused"}

@@ -23,6 +23,7 @@ import torch
 import torch_reference as ref
 from helpers import assert_within_float32_noise
 from keras_ffl import FFL, backbones
+from keras_ffl.build import set_precision
 
 
 def randomize_batch_norm(layers, rng):
@@ -132,7 +133,7 @@ def torch_state(torch_model):
 
 def keras_state(model):
     """The same names, from the Keras model, in PyTorch's layouts."""
-    torch_layout = ref.FFL(32, 100)
+    torch_layout = ref.FFL(32, 100).double()  # float64, so a float64 model's weights stay exact
     ref.port(weights_by_name(model.trunk.layers), torch_layout.trunk)
     for head, torch_head in zip(model.branches, torch_layout.heads):
         ref.port(weights_by_name(head.layers), torch_head)
@@ -140,9 +141,32 @@ def keras_state(model):
     return torch_state(torch_layout)
 
 
+def twin(model, policy):
+    """The same FFL model and weights in ``policy``, compiled with the FFL code's SGD."""
+    set_precision(policy)
+    try:
+        trunk, heads = backbones.build_branches("resnet32", (32, 32, 3), 100, num_branches=2)
+        twin = FFL(heads, trunk=trunk, rampup_epochs=RAMPUP, weight_decay=WEIGHT_DECAY,
+                   fusion_weight_decay=FUSION_WEIGHT_DECAY)
+        twin.compile(optimizer=keras.optimizers.SGD(LR, momentum=0.9, nesterov=True))  # lr in its precision
+    finally:
+        set_precision("float32")
+    twin.set_weights(model.get_weights())
+    twin.epoch.assign(float(EPOCH))
+    return twin
+
+
 def test_one_sgd_step_of_the_official_ffl_code_gives_the_same_weights(ffl_pair):
+    """In float64 the two agree to 1e-7 of each array's size (the semantics: loss, gradients,
+    weight decay, Nesterov); in float32 within float32 noise, and a dropped update fails it.
+    The noise samples are each framework's float32 step on the batch reversed (TensorFlow's
+    float32 kernels are far less accurate than PyTorch's on some CPUs, so PyTorch's noise
+    alone would call an honest Keras step faulty), never the step under test."""
     model, torch_model, images, labels = ffl_pair
     before = keras_state(model)
+    exact, reversed_keras = twin(model, "float64"), twin(model, "float32")
+    for other, batch in ((exact, images.astype("float64")), (reversed_keras, images[::-1].copy())):
+        other.train_on_batch(batch, labels if other is exact else labels[::-1].copy())
     model.compile(optimizer=keras.optimizers.SGD(LR, momentum=0.9, nesterov=True))
     logs = model.train_on_batch(images, labels, return_dict=True)
     stepped32, loss32 = torch_step(torch_model, images, labels, torch.float32)
@@ -150,7 +174,15 @@ def test_one_sgd_step_of_the_official_ffl_code_gives_the_same_weights(ffl_pair):
     reversed32, _ = torch_step(torch_model, images, labels, torch.float32, reverse=True)
     assert logs["loss"] == pytest.approx(loss32, abs=1e-4, rel=1e-4)  # the FFL loss (before weight decay)
     after, torch32, torch64 = keras_state(model), torch_state(stepped32), torch_state(stepped64)
-    samples = [torch32, torch_state(reversed32)]
+    samples = [torch32, torch_state(reversed32), keras_state(reversed_keras)]
     moved = sum(not np.allclose(after[n], before[n]) for n in after)
     assert moved > 0.9 * len(after)
     assert_within_float32_noise(after, torch32, samples, torch64, what="keras_ffl vs the FFL code after one step")
+    after64 = keras_state(exact)
+    for name, reference in torch64.items():
+        # Measured: at most 9e-9 of an array's size (a constant rounded to float32 on one
+        # side); a dropped or misrouted term moves the step by 1e-3 and more.
+        scale = max(float(np.abs(reference).max()), 1e-12)
+        assert float(np.abs(after64[name] - reference).max()) <= 1e-7 * scale, name
+    with pytest.raises(AssertionError, match="more than its float32 tolerance"):
+        assert_within_float32_noise(before, torch32, samples, torch64, what="a dropped update")

@@ -176,3 +176,106 @@ def test_committed_manifest_is_consistent():
             if entry["dataset"] == "fashion_mnist":  # converged: every image, a schedule that ends
                 assert entry["training"]["train_images"] == 60000 and entry["training"]["epochs"] >= 15, name
                 assert max(entry["metrics"]["top1"].values()) >= 92.0, name
+
+
+def test_a_cache_dir_or_export_folder_that_cannot_be_written_is_one_line_and_nothing_goes_elsewhere(
+        published, tmp_path, monkeypatch):
+    import errno
+    import subprocess
+    import sys
+    import tempfile
+
+    from keras_ffl.config import ConfigError
+    from keras_ffl.export import check_request
+
+    served, manifest_path, entry, report, config = published
+    manifest = zoo.load_manifest(str(manifest_path))
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    with pytest.raises(zoo.ZooError, match=r"the zoo cache .* is not writable: .*a_file is not a directory"):
+        zoo.download("tiny_ffl", manifest, base_url=served.as_uri() + "/", cache=str(a_file / "cache"))
+    with pytest.raises(zoo.ZooError, match=r"the zoo cache .* is not writable: .*a_file is not a directory"):
+        zoo.download("tiny_ffl", manifest, base_url=served.as_uri() + "/", cache=str(a_file))
+    exported = subprocess.run([sys.executable, "-m", "keras_ffl.export", f"--model_dir={config.model_dir}",
+                               f"--output_dir={a_file / 'export'}"], capture_output=True, text=True, timeout=120,
+                              env=dict(os.environ, PYTHONPATH=REPO))
+    lines = exported.stderr.strip().splitlines()
+    assert exported.returncode == 2 and len(lines) == 1 and "is not writable" in lines[0], exported.stderr[-2000:]
+
+    # A read-only folder (root writes through permissions: the write itself fails here).
+    read_only = tmp_path / "read_only"
+    read_only.mkdir()
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir).startswith(str(read_only)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    with pytest.raises(zoo.ZooError, match="is not writable: Read-only file system"):
+        zoo.download("tiny_ffl", manifest, base_url=served.as_uri() + "/", cache=str(read_only))
+    assert os.listdir(read_only) == [] and not (tmp_path / "home").exists()
+    with pytest.raises(ConfigError, match="is not writable: Read-only file system"):
+        check_request("", config.model_dir, ["onnx"], str(read_only / "export"), False)
+
+
+class EndlessHandler(http.server.BaseHTTPRequestHandler):
+    """A mirror that answers with no Content-Length and never stops sending."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+        try:
+            while True:
+                self.wfile.write(b"\0" * 65536)
+        except OSError:  # the client hung up
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm(published, tmp_path):
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    served, manifest_path, entry, report, config = published
+    manifest = zoo.load_manifest(str(manifest_path))
+    silent = socket.socket()  # accepts connections (the kernel's backlog) and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    endless = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EndlessHandler)
+    threading.Thread(target=endless.serve_forever, daemon=True).start()
+    cache = tmp_path / "cache"
+    try:
+        with pytest.raises(zoo.ZooError, match=r"cannot download http://127.0.0.1:\d+/weights/tiny_ffl.weights.h5: "
+                                                r"no answer within 0.5 s \(--timeout\)"):
+            zoo.download("tiny_ffl", manifest, base_url=f"http://127.0.0.1:{silent.getsockname()[1]}/",
+                         cache=str(cache), timeout=0.5)
+        with pytest.raises(zoo.ZooError, match=f"more than the {entry['weights']['size']} bytes expected; stopped"):
+            zoo.download("tiny_ffl", manifest, base_url=f"http://127.0.0.1:{endless.server_address[1]}/",
+                         cache=str(cache))
+        assert cached_files(cache) == []
+        # SIGTERM in the middle of a download (the endless mirror, a cap the test never reaches).
+        code = ("import sys; from keras_ffl import zoo; m = zoo.load_manifest(sys.argv[1]); "
+                "m['models']['tiny_ffl']['weights']['size'] = 10**12; "
+                "zoo.download('tiny_ffl', m, base_url=sys.argv[2], cache=sys.argv[3])")
+        child = subprocess.Popen([sys.executable, "-c", code, str(manifest_path),
+                                  f"http://127.0.0.1:{endless.server_address[1]}/", str(cache)],
+                                 env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while not [f for f in cached_files(cache) if os.path.getsize(cache / f) > 0]:  # it is writing
+            assert child.poll() is None and time.time() < deadline, child.stderr.read()[-2000:]
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=60) == 128 + signal.SIGTERM
+        assert cached_files(cache) == []
+    finally:
+        silent.close()
+        endless.shutdown()
+        endless.server_close()

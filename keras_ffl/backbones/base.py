@@ -14,15 +14,15 @@ Every layer gets a deterministic name so that weights saved in one process load 
 another regardless of how many layers were created before.
 """
 
-import math
-
 import keras
 from keras import layers
+
+from keras_ffl import initializers
 
 
 def conv_initializer():
     """He-normal, fan_out, untruncated: ``nn.init.kaiming_normal_(mode='fan_out')``."""
-    return keras.initializers.VarianceScaling(2.0, mode="fan_out", distribution="untruncated_normal")
+    return initializers.kaiming_normal("fan_out")
 
 
 def torch_padding(kernel_size, strides):
@@ -69,15 +69,10 @@ def batch_norm(name, sync=False):
 
 
 def dense_classifier(num_classes, fan_in, name, zero_bias=False):
-    """``nn.Linear``'s default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
-    bound = 1.0 / math.sqrt(fan_in)
-    bias_init = "zeros" if zero_bias else keras.initializers.RandomUniform(-bound, bound)
-    return layers.Dense(
-        num_classes,
-        kernel_initializer=keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform"),
-        bias_initializer=bias_init,
-        name=name,
-    )
+    """``nn.Linear``'s default init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+    (``zero_bias``: the bias zeroed, as RepDistiller's WRN and the DenseNet code do)."""
+    bias = "zeros" if zero_bias else initializers.torch_bias(fan_in)
+    return layers.Dense(num_classes, kernel_initializer=initializers.torch_default(), bias_initializer=bias, name=name)
 
 
 #: Name of the identity layer on the trunk/head boundary of a whole network.

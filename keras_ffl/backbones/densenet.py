@@ -9,22 +9,23 @@
     block3                                                           132 x  8 x  8
     BN-ReLU-GAP -> 132 -> FC(132->C)
 
-Growth 12, bottleneck 4 x 12, compression 0.5, no bias, Kaiming-normal (fan_in) convs.
+Growth 12, bottleneck 4 x 12, compression 0.5, no bias, Kaiming-normal (fan_in) convs, the
+classifier's bias zeroed (MCL-OKD's ``densenet.py``, PCL's).
 Splits: ``trans2`` (the default: ONE/OKDDip/PCL share conv0..trans2, each branch has block3
 and the classifier) and ``trans1`` (MCL-OKD and DML's split: block2 onwards per branch).
 """
 
-import keras
 from keras import layers
 
 from keras_ffl.backbones.base import Backbone, conv, dense_classifier
+from keras_ffl.initializers import kaiming_normal
 
 GROWTH, BOTTLENECK, COMPRESSION, LAYERS_PER_BLOCK = 12, 4, 0.5, 6
 
 
 def fan_in_normal():
     """``nn.init.kaiming_normal_(w)`` (fan_in, gain sqrt(2))."""
-    return keras.initializers.VarianceScaling(2.0, mode="fan_in", distribution="untruncated_normal")
+    return kaiming_normal("fan_in")
 
 
 class DenseNetBC(Backbone):
@@ -60,4 +61,4 @@ class DenseNetBC(Backbone):
             return self.transition(x, index)
         features = layers.ReLU(name="final_relu")(self.bn("final_bn")(x))
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
-        return dense_classifier(num_classes, features.shape[-1], name="classifier")(pooled), features
+        return dense_classifier(num_classes, features.shape[-1], name="classifier", zero_bias=True)(pooled), features

@@ -15,19 +15,12 @@ linear N(0, 0.01), bias 0.  No branch version exists in the authors' code: the s
 branch) by default, ``group2`` (the 8x8 -> 4x4 boundary) also offered.
 """
 
-import math
-
-import keras
 from keras import layers
 
 from keras_ffl.backbones.base import Backbone, torch_padding
+from keras_ffl.initializers import kaiming_normal, linear_normal
 
 GROUPS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
-
-
-def out_normal(kernel, out_channels):
-    """RepDistiller's conv init: N(0, sqrt(2 / (k * k * out_channels)))."""
-    return keras.initializers.RandomNormal(0.0, math.sqrt(2.0 / (kernel * kernel * out_channels)))
 
 
 class MobileNetV2(Backbone):
@@ -47,10 +40,10 @@ class MobileNetV2(Backbone):
         padding = "valid" if pad else "same"
         if depthwise:
             x = layers.DepthwiseConv2D(kernel, strides=strides, padding=padding, use_bias=False,
-                                       depthwise_initializer=out_normal(kernel, x.shape[-1]), name=name)(x)
+                                       depthwise_initializer=kaiming_normal(depthwise=True), name=name)(x)
         else:
             x = layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=False,
-                              kernel_initializer=out_normal(kernel, filters), name=name)(x)
+                              kernel_initializer=kaiming_normal(), name=name)(x)
         x = self.bn(f"{name}_bn")(x)
         return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
@@ -75,6 +68,6 @@ class MobileNetV2(Backbone):
             return x
         features = self.conv_bn(x, self.last_channels, 1, 1, "conv2")
         pooled = layers.GlobalAveragePooling2D(name="pool")(features)
-        logits = layers.Dense(num_classes, kernel_initializer=keras.initializers.RandomNormal(0.0, 0.01),
-                              bias_initializer="zeros", name="classifier")(pooled)
+        logits = layers.Dense(num_classes, kernel_initializer=linear_normal(0.01), bias_initializer="zeros",
+                              name="classifier")(pooled)
         return logits, features

@@ -11,22 +11,18 @@ KDCL comparisons): 1,355,528 parameters at 100 classes.
 A BasicBlock passes the first half of its channels through and transforms the second (1x1,
 BN, ReLU, depthwise 3x3, BN, 1x1, BN, ReLU), then shuffles two groups; a DownBlock transforms
 both halves at stride 2.  Depthwise stride-2 convolutions pad 1 on every side as PyTorch's.
-No custom init (PyTorch's defaults).  No branch version exists in the authors' code: the split
-is ours (``layer2``, by analogy with ResNet's: the last stage, conv2 and the classifier per
-branch; ``layer1`` also offered).
+No custom init: PyTorch's defaults (>= 1.0; a depthwise 3x3 kernel's fan_in is 9).  No branch
+version exists in the authors' code: the split is ours (``layer2``, by analogy with ResNet's:
+the last stage, conv2 and the classifier per branch; ``layer1`` also offered).
 """
 
 import keras
 from keras import layers, ops
 
 from keras_ffl.backbones.base import Backbone, dense_classifier, torch_padding
+from keras_ffl.initializers import torch_default
 
 STAGES = ((116, 3), (232, 7), (464, 3))
-
-
-def torch_default():
-    """PyTorch's default conv init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    return keras.initializers.VarianceScaling(1.0 / 3.0, "fan_in", "uniform")
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
@@ -77,7 +73,7 @@ class ShuffleNetV2(Backbone):
         if pad:
             x = layers.ZeroPadding2D(pad, name=f"{name}_pad")(x)
         x = layers.DepthwiseConv2D(3, strides=strides, padding="valid" if pad else "same", use_bias=False,
-                                   depthwise_initializer=torch_default(), name=name)(x)
+                                   depthwise_initializer=torch_default(depthwise=True), name=name)(x)
         return self.bn(f"{name}_bn")(x)
 
     def basic_block(self, x, prefix):

@@ -16,11 +16,12 @@ per epoch, which is exactly one epoch of the stream.
 import contextlib
 import dataclasses
 import math
+import os
 from typing import Any, Callable
 
 from keras_ffl.data import augment
 from keras_ffl.data.stream import EpochBatches
-from keras_ffl.errors import DataError
+from keras_ffl.errors import ConfigError, DataError
 from keras_ffl.specs import NORMALIZATION
 
 
@@ -80,14 +81,30 @@ def folder_split(config, split, num_examples):
     from keras_ffl.data import folder
 
     listing = folder.scan(config.data_dir)
+    if config.class_names and tuple(config.class_names) != listing.classes:  # label k must mean class k
+        trained, found = list(config.class_names), list(listing.classes)
+        extra, missing = [c for c in found if c not in trained], [c for c in trained if c not in found]
+        what = "; ".join(part for part in (f"extra {', '.join(extra)}" if extra else "",
+                                           f"missing {', '.join(missing)}" if missing else "") if part)
+        raise ConfigError(f"{os.path.join(config.data_dir, 'train')} has other class folders than the run was trained "
+                          f"on ({what or 'in another order'}): it needs exactly {', '.join(trained)}")
     examples = listing.test if split == "test" else listing.train
     if not listing.test:
         keep, held = folder.stratified_holdout([label for _, label in listing.train], config.validation_fraction,
                                                config.seed)
         examples = [listing.train[i] for i in (held if split == "test" else keep)]
-    if num_examples:
-        examples = examples[:num_examples]
+    if num_examples:  # the listing is sorted by class: a sample, not the first N
+        positions = folder.stratified_sample([label for _, label in examples], num_examples, config.seed,
+                                             stream=10 if split == "train" else 11)
+        examples = [examples[i] for i in positions]
     return folder.load(examples, config.dataset_spec.image_shape[0], split == "train")
+
+
+def class_counts(labels, num_classes):
+    """Images of each class in ``labels``, as a tuple (what config.json records)."""
+    import numpy as np
+
+    return tuple(int(n) for n in np.bincount(np.asarray(labels, np.int64), minlength=num_classes))
 
 
 def data_facts(config, images):
@@ -178,6 +195,7 @@ def load_data(config, splits=("train", "test"), views=1, with_index=False, shard
             holdout_images, holdout_labels = images[held], labels[held]
             images, labels = images[keep], labels[keep]
         config = config.with_data_facts(**data_facts(config, images))
+        config = config.with_data_facts(train_class_counts=class_counts(labels, config.dataset_spec.num_classes))
         if holdout:
             holdout_data = (augment.normalize(holdout_images, *config.normalization), holdout_labels)
         train_size = len(labels)
@@ -195,6 +213,7 @@ def load_data(config, splits=("train", "test"), views=1, with_index=False, shard
     if "test" in splits:
         images, labels = in_memory_split(config, "test")
         test_size = len(labels)
+        config = config.with_data_facts(test_class_counts=class_counts(labels, config.dataset_spec.num_classes))
         mean, std = config.normalization
         batches = EpochBatches(images, labels, config.seed, mean, std, shuffle=False, with_index=with_index)
         if uses_tf_data():

@@ -3,7 +3,8 @@
     DIR/train/<class>/*.{jpg,jpeg,png,bmp,gif}
     DIR/test/<class>/*          (optional: else --validation_fraction of train/ is held out)
 
-Class names are the folder names, sorted.  Every image is decoded once, converted to RGB (a
+Class names are the folder names, sorted; names starting with a dot (``.ipynb_checkpoints``,
+macOS's ``._photo.jpg``) are skipped.  Every image is decoded once, converted to RGB (a
 greyscale image is replicated to three channels; a GIF gives its first frame) and brought to
 a fixed size:
 
@@ -38,7 +39,7 @@ class Listing:
 
 def list_split(root, split, classes=None):
     folder = os.path.join(root, split)
-    found = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
+    found = sorted(d for d in os.listdir(folder) if not d.startswith(".") and os.path.isdir(os.path.join(folder, d)))
     classes = tuple(found) if classes is None else classes
     if classes != tuple(found):
         extra, missing = sorted(set(found) - set(classes)), sorted(set(classes) - set(found))
@@ -48,7 +49,8 @@ def list_split(root, split, classes=None):
     examples = []
     for label, name in enumerate(classes):
         class_folder = os.path.join(folder, name)
-        files = sorted(f for f in os.listdir(class_folder) if f.lower().endswith(IMAGE_EXTENSIONS))
+        files = sorted(f for f in os.listdir(class_folder)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
         if not files:
             raise ConfigError(f"class folder {class_folder} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
         examples += [(os.path.join(class_folder, f), label) for f in files]
@@ -84,6 +86,25 @@ def stratified_holdout(labels, fraction, seed):
     return np.setdiff1d(np.arange(len(labels)), held), held
 
 
+def stratified_sample(labels, count, seed, stream):
+    """Positions (in order) of a seeded sample of ``count`` of ``labels``: every class in
+    proportion to its size (largest remainders), at least one image each.  ``stream`` keeps the
+    training and test samples' draws apart."""
+    labels = np.asarray(labels)
+    if not count or count >= len(labels):
+        return np.arange(len(labels))
+    classes, sizes = np.unique(labels, return_counts=True)
+    if count < len(classes):
+        raise ConfigError(f"a sample of {count} images cannot hold one of each of {len(classes)} classes")
+    share = (count - len(classes)) * (sizes - 1) / max(int(sizes.sum()) - len(classes), 1)
+    take = 1 + np.floor(share).astype(np.int64)
+    for i in np.argsort(-(share - np.floor(share)), kind="stable")[:count - int(take.sum())]:
+        take[i] += 1
+    rng = np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed) % 2**63, stream])))
+    chosen = [rng.choice(np.flatnonzero(labels == c), size=int(n), replace=False) for c, n in zip(classes, take)]
+    return np.sort(np.concatenate(chosen))
+
+
 def stored_size(image_size, train):
     """The side images are kept at: larger for training under the ImageNet recipe."""
     if image_size >= LARGE_IMAGE_SIZE and train:
@@ -99,12 +120,32 @@ def decode(path, side, final):
     try:
         with Image.open(path) as picture:
             picture.seek(0)
-            picture = picture.convert("RGB")
+            picture = to_rgb(picture)
             picture.load()
+    except Image.DecompressionBombError as e:  # Pillow's guard against huge images
+        raise DataError(f"cannot read image {path}: {str(e).splitlines()[0]}") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise DataError(f"cannot read image {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
     return fit(picture, side, final)
+
+
+def to_rgb(picture):
+    """A Pillow image of any mode it opens as 8-bit RGB, each mode read in its own range: 16-bit
+    greyscale (PNG's ``I;16``) and 32-bit integer pixels (``I``, which must lie in 0..65535) are
+    scaled by 255 / 65535 (Pillow's own conversion clips them at 255, a white image); floating-
+    point pixels (``F``) have no fixed range and are refused (ValueError)."""
+    from PIL import Image
+
+    if picture.mode.startswith("I"):
+        pixels = np.asarray(picture).astype(np.float64)
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+            raise ValueError(f"{picture.mode} pixels from {pixels.min():.0f} to {pixels.max():.0f}, outside the 16-bit "
+                             "range 0..65535")
+        return Image.fromarray(np.round(pixels / 257.0).astype(np.uint8)).convert("RGB")
+    if picture.mode == "F":
+        raise ValueError("floating-point pixels (mode F) have no fixed range: save the image with 8 or 16 bits")
+    return picture.convert("RGB")
 
 
 def fit(picture, side, final):
@@ -142,7 +183,8 @@ def fit_arrays(images, image_size, train):
     side, final = sides(image_size, train)
     out = np.empty((len(images), final, final, 3), np.uint8)
     for i, image in enumerate(images):
-        image = np.asarray(image, np.uint8)
+        image = np.asarray(image)
+        image = np.round(image / 257.0).astype(np.uint8) if image.dtype == np.uint16 else image.astype(np.uint8)
         picture = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
         out[i] = fit(picture, side, final)
     return out

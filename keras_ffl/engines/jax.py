@@ -111,8 +111,11 @@ def train_step(model, state, data):
     if isinstance(model.optimizer, OptimizerGroup):
         position = o_index[id(model.optimizer._iterations)]
         optimizer_values[position] = optimizer_values[position] + 1
+    # after_step may move Keras-trainable variables too (PCL's temporal mean, which no optimiser
+    # touches): read back every variable it may have assigned, not only the non-trainable ones.
     with keras.StatelessScope(state_mapping=list(zip(t_vars, trainable)) + list(zip(nt_vars, non_trainable))) as scope:
         model.after_step(outputs)
+    trainable = [scope.get_current_value(v) for v in t_vars]
     non_trainable = [scope.get_current_value(v) for v in nt_vars]
     logs, metrics_values = report(model, outputs, labels, terms, non_trainable, metrics_values)
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)

@@ -14,7 +14,9 @@ class Discriminator(layers.Layer):
     The paper gives no sizes.  Here: a 3x3 stride-2 conv halving the channels (padded 1 on
     every side, as a PyTorch ``Conv2d(padding=1)``), BN, LeakyReLU (slope 0.2, the
     LSGAN/DCGAN default), then a valid conv whose kernel covers the whole remaining map and
-    outputs one channel, so any spatial size reduces to one scalar.
+    outputs one channel, so any spatial size reduces to one scalar.  No code exists to take the
+    initialisation from: both convs are drawn as the backbones' convs, N(0, sqrt(2 / (kh*kw*out))),
+    the second's bias 0.
     """
 
     def __init__(self, sync_bn=False, **kwargs):
@@ -28,10 +30,16 @@ class Discriminator(layers.Layer):
         self.bn = batch_norm("bn", self.sync_bn)
         remaining = ((height - 1) // 2 + 1, (width - 1) // 2 + 1)
         self.conv2 = layers.Conv2D(1, remaining, padding="valid", kernel_initializer=conv_initializer(), name="conv2")
+        self.conv2.build((None, *remaining, max(channels // 2, 1)))
 
     def call(self, feature_map, training=False):
         x = ops.leaky_relu(self.bn(self.conv1(self.pad(feature_map)), training=training), negative_slope=0.2)
-        return ops.reshape(ops.sigmoid(as_float(self.conv2(x))), (-1,))
+        # conv2's kernel covers the whole map, so the conv is one contraction; written so, because
+        # PyTorch's float64 CPU convolution cannot take the gradient of this one-output kernel in
+        # the channels-last layout Keras gives it ("slow_conv2d: grad_weight must be contiguous").
+        logit = ops.einsum("bhwc,hwco->bo", x, ops.cast(self.conv2.kernel, x.dtype)) + ops.cast(self.conv2.bias,
+                                                                                                   x.dtype)
+        return ops.reshape(ops.sigmoid(as_float(logit)), (-1,))
 
     def get_config(self):
         return {**super().get_config(), "sync_bn": self.sync_bn}

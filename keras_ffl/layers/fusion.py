@@ -3,7 +3,8 @@
 import keras
 from keras import layers, ops
 
-from keras_ffl.backbones.base import batch_norm, conv_initializer, conv_layer, dense_classifier, torch_padding
+from keras_ffl import initializers
+from keras_ffl.backbones.base import batch_norm, conv_layer, dense_classifier, torch_padding
 
 FUSION_MODES = ("module", "average")
 
@@ -70,8 +71,10 @@ class FusionModule(layers.Layer):
                 raise ValueError(f"fusion mode 'average' needs equal channel counts, got {channels}")
             fused_channels = channels[0]
         else:
+            # The authors' Fusion_module draws it as every conv: N(0, sqrt(2 / (9 * out_channels))).
             self.depthwise = layers.DepthwiseConv2D(
-                3, padding="same", use_bias=False, depthwise_initializer=conv_initializer(), name="depthwise"
+                3, padding="same", use_bias=False, depthwise_initializer=initializers.kaiming_normal(depthwise=True),
+                name="depthwise"
             )
             self.depthwise_bn = batch_norm("depthwise_bn", self.sync_bn)
             self.pointwise = conv_layer(self.channels, 1, name="pointwise")

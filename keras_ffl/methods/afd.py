@@ -40,6 +40,7 @@ PAPER_FEATURE_LR = 2e-5
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class AFD(OnlineDistiller):
+    method_name = "afd"
     independent_only = True
 
     def __init__(self, branches, num_classes=None, trunk=None, mode="full", feature_weight_decay=0.1, sync_bn=False,

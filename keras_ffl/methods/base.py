@@ -81,6 +81,8 @@ class OnlineDistiller(keras.Model):
     needs_trunk = False
     #: The fewest sub-networks the method makes sense with.
     min_branches = 2
+    #: Its name in ``keras_ffl.specs.METHODS``, which holds its default temperature and ramp-up.
+    method_name = None
 
     def __init_subclass__(cls, **kwargs):
         """Wraps each subclass's ``__init__`` so that the model is built (every variable
@@ -107,12 +109,13 @@ class OnlineDistiller(keras.Model):
         branches,
         num_classes=None,
         trunk=None,
-        temperature=3.0,
-        rampup_epochs=80,
+        temperature=None,
+        rampup_epochs=None,
         weight_decay=1e-4,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        default_temperature, default_rampup = self.distillation_defaults()
         name = type(self).__name__
         branches = list(branches)
         if self.independent_only and trunk is not None:
@@ -130,13 +133,20 @@ class OnlineDistiller(keras.Model):
             raise ValueError(f"num_classes={self.num_classes}, but sub-network 0 returns {inferred} logits")
         self.trunk = trunk
         self.branches = branches
-        self.temperature = float(temperature)
-        self.rampup_epochs = int(rampup_epochs)
+        self.temperature = float(default_temperature if temperature is None else temperature)
+        self.rampup_epochs = int(default_rampup if rampup_epochs is None else rampup_epochs)
         self.weight_decay = float(weight_decay)
         # A variable, so the compiled step reads the current epoch; ``fit`` sets it at the start
         # of every epoch (``EpochVariable``, added by ``fit`` itself).
         self.epoch = keras.Variable(0.0, trainable=False, dtype="float32", name="epoch")
         self.term_weights = {}
+
+    def distillation_defaults(self):
+        """``(temperature, rampup_epochs)`` when the constructor is given none: the method's
+        paper or code, the same numbers the command line uses (``keras_ffl.specs``)."""
+        from keras_ffl import specs
+
+        return specs.distillation_defaults(self.method_name)
 
     def _build_now(self):
         """Creates every variable with one inference pass on a dummy batch."""
@@ -301,7 +311,12 @@ class OnlineDistiller(keras.Model):
 
     # --------------------------------------------------------------- loss plumbing
     def rampup(self):
-        return rampup_weight(self.epoch, self.rampup_epochs)
+        return rampup_weight(self.epoch, self.rampup_epochs, dtype=self.loss_dtype)
+
+    @property
+    def loss_dtype(self):
+        """The precision of the losses: float32, or float64 in a float64 reference run."""
+        return "float64" if self.dtype_policy.compute_dtype == "float64" else "float32"
 
     def term_weight(self, name):
         weight = self.term_weights.get(name, 1.0)
@@ -339,8 +354,8 @@ class OnlineDistiller(keras.Model):
     def update_metrics(self, outputs, labels, terms):
         for part, logits in self.named_logits(outputs).items():
             self.top1[part].update_state(labels, logits)
-            if part in self.top5:
-                self.top5[part].update_state(labels, logits)
+            if part in self.top5:  # TensorFlow's in_top_k takes float32 only (a float64 run)
+                self.top5[part].update_state(labels, ops.cast(logits, "float32"))
         for name, values in terms.items():
             self.loss_trackers[name].update_state(ops.mean(values))
         self.loss_trackers["loss"].update_state(self.weighted_sum(terms))

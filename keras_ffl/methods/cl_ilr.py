@@ -24,8 +24,8 @@ No official code exists; two re-implementations disagree, and each is a preset
   split, targets *not* detached (gradients reach the other heads through them), weights 1:1,
   the FFL/ONE KL with +1e-7, T = 3 and the 80-epoch ramp-up.
 
-The temperature and ramp-up are the constructor's (the presets' values are in their
-flagfiles); any preset setting can be overridden by its own argument.
+Each preset brings its temperature and ramp-up (``keras_ffl.specs``, the command line's
+defaults too); any preset setting can be overridden by its own argument.
 """
 
 import keras
@@ -51,16 +51,18 @@ class BackpropRescale(layers.Layer):
 
     def __init__(self, children, **kwargs):
         super().__init__(**kwargs)
-        self.children = int(children)
+        # Not ``self.children``: on the torch backend a layer is a ``torch.nn.Module``, whose
+        # ``children()`` method that name would hide.
+        self.num_children = int(children)
 
     def call(self, x):
-        if self.children <= 1:
+        if self.num_children <= 1:
             return x
         frozen = ops.stop_gradient(x)
-        return frozen + (x - frozen) / float(self.children)
+        return frozen + (x - frozen) / float(self.num_children)
 
     def get_config(self):
-        return {**super().get_config(), "children": self.children}
+        return {**super().get_config(), "children": self.num_children}
 
 
 def tree_parents(num_heads):
@@ -70,6 +72,7 @@ def tree_parents(num_heads):
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class CLILR(OnlineDistiller):
+    method_name = "cl_ilr"
     needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, middles=None, preset="mcl_okd", sharing=None,
@@ -129,6 +132,11 @@ class CLILR(OnlineDistiller):
             terms[f"kd_net{k}"] = distillation_kl(z, others, self.temperature, detach=self.settings["detach_target"],
                                                   eps=self.settings["teacher_eps"])
         return terms
+
+    def distillation_defaults(self):
+        from keras_ffl import specs
+
+        return specs.distillation_defaults(self.method_name, self.preset)
 
     def get_config(self):
         return {**super().get_config(), "middles": [serialize_model(m) for m in self.middles], "preset": self.preset,

@@ -24,6 +24,7 @@ UPDATE_ORDERS = ("synchronous", "sequential")
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class DML(OnlineDistiller):
+    method_name = "dml"
     independent_only = True
 
     def __init__(self, branches, num_classes=None, trunk=None, update="synchronous", **kwargs):

@@ -30,6 +30,7 @@ NRK: the frozen teachers, for reference).
 
 import keras
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import MIDDLE_LAYER
 from keras_ffl.layers.fusion import FusionModule
 from keras_ffl.losses import as_float, cross_entropy, distillation_kl, mean_peer_kl
@@ -40,6 +41,7 @@ FUSION_LAYERS = ("middle", "last")
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class FFCL(OnlineDistiller):
+    method_name = "ffcl"
     independent_only = True
 
     def __init__(
@@ -52,7 +54,7 @@ class FFCL(OnlineDistiller):
         regularization_knowledge=True,
         fusion_layer="middle",
         fusion_channels=None,
-        fusion_weight_decay=5e-4,
+        fusion_weight_decay=specs.METHODS["ffcl"].fusion_weight_decay,
         ensemble_kd=True,
         sync_bn=False,
         **kwargs,

@@ -13,6 +13,7 @@ Ablations (paper Table II): ``fusion="average"`` (case B), ``ensemble_kd=False``
 
 import keras
 
+from keras_ffl import specs
 from keras_ffl.layers.fusion import FusionModule
 from keras_ffl.losses import cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
@@ -20,6 +21,7 @@ from keras_ffl.methods.base import OnlineDistiller
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class FFL(OnlineDistiller):
+    method_name = "ffl"
     teacher_names = ("fused",)
 
     def __init__(
@@ -29,7 +31,7 @@ class FFL(OnlineDistiller):
         trunk=None,
         fusion_channels=None,
         fusion="module",
-        fusion_weight_decay=1e-5,
+        fusion_weight_decay=specs.METHODS["ffl"].fusion_weight_decay,
         ensemble_kd=True,
         fusion_kd=True,
         sync_bn=False,

@@ -1,6 +1,6 @@
 """Offline KD (Hinton et al., 2015): a trained, frozen teacher and one student.
 
-    L = CE(z_s) + w(e) * kl(z_s <- z_t)        (T = 3 by default; ``rampup_epochs=0`` for none)
+    L = CE(z_s) + w(e) * kl(z_s <- z_t)        (T = 3 and no ramp-up by default)
 
 The teacher is any ``keras.Model`` from images to logits: from the command line, any part
 (``net0``, ``fused``, ``ensemble``...) of a finished keras_ffl run.  It is frozen and always
@@ -17,6 +17,7 @@ from keras_ffl.methods.base import OnlineDistiller, serialize_model
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class OfflineKD(OnlineDistiller):
+    method_name = "kd"
     teacher_names = ("teacher",)
     min_branches = 1
 

@@ -13,8 +13,8 @@ Teachers (``teacher=``):
 * ``naive``: the logits of the network with the lowest cross-entropy, per example
   (``naive_per="batch"``: the network with the lowest mean cross-entropy on the batch);
 * ``linear``: ``z_t = sum_k w_k z_k`` with ``w`` on the simplex minimising the batch's
-  cross-entropy of ``z_t``, found per mini-batch by 100 steps of exponentiated gradient
-  (mirror descent, step 2 / curvature bound) from uniform weights;
+  cross-entropy of ``z_t``, solved per mini-batch (``linear_weights``: an exact line search
+  for two networks, exact pairwise moves for more);
 * ``general``: ``z_t = sum_k w_k z_k`` with the generalisation-optimal weights of Perrone and
   Cooper, ``w = C^-1 1 / (1^T C^-1 1)``, ``C_ij = E[(p_i - y)^T (p_j - y)]`` over held-out
   examples; ``update_general_weights(images, labels)`` sets them (the command line does so at
@@ -58,26 +58,70 @@ def naive_teacher(logits, labels, per="example"):
     return ops.einsum("bk,kbc->bc", chosen, ops.stack(logits, axis=0))
 
 
-def linear_weights(logits, labels, steps=100):
-    """Simplex weights minimising the cross-entropy of ``sum_k w_k z_k`` (exponentiated
-    gradient from uniform weights).  The step is 2 / L for the curvature bound
-    L = (largest per-example logit range)^2 / 4 of the objective in w, so it converges
-    whatever the scale of the logits."""
+#: Linear teacher solver: safeguarded Newton steps of each exact line search (quadratic
+#: convergence inside a bracket that halves whenever Newton would leave it), and pairwise
+#: moves for K > 2 networks (each one an exact line search; K = 2 needs one).
+LINE_SEARCH_STEPS = 16
+PAIRWISE_MOVES_PER_NETWORK = 10
+
+
+def linear_weights(logits, labels, moves=None):
+    """The simplex weights ``w`` minimising the batch's cross-entropy of ``sum_k w_k z_k``.
+
+    The objective is convex in ``w``.  Each move takes mass from the network with the largest
+    gradient that still has weight to the one with the smallest, by the exact minimiser along
+    that edge, so a solution on the boundary (``w_k = 0``) is reached exactly.  For two
+    networks this is one exact 1-D minimisation over ``[0, 1]``; for K > 2 the moves are
+    pairwise (SMO-like) coordinate descent, ``PAIRWISE_MOVES_PER_NETWORK * K`` of them.
+    ``tests/test_comparison_methods.py`` holds the result to a brute-force grid.
+    """
     stacked = ops.stack(logits, axis=0)  # [K, B, C]
     count = len(logits)
-    onehot = ops.one_hot(ops.reshape(ops.cast(labels, "int32"), (-1,)), ops.shape(stacked)[-1], dtype=stacked.dtype)
-    weights = ops.ones((count,), dtype=stacked.dtype) / float(count)
-    spread = ops.max(ops.max(stacked, axis=-1) - ops.min(stacked, axis=-1))
-    step_size = 8.0 / (ops.square(spread) + 1e-6)
-    for _ in range(steps):
-        mixed = ops.einsum("k,kbc->bc", weights, stacked)
-        probabilities = ops.softmax(mixed, axis=-1)
+    dtype = stacked.dtype
+    onehot = ops.one_hot(ops.reshape(ops.cast(labels, "int32"), (-1,)), ops.shape(stacked)[-1], dtype=dtype)
+    batch = ops.cast(ops.shape(stacked)[1], dtype)
+    zero = ops.zeros((), dtype)
+
+    def probabilities(weights):
+        return ops.softmax(ops.einsum("k,kbc->bc", weights, stacked), axis=-1)
+
+    def move(_, weights):
         # d CE / d w_k = mean_b sum_c (p - y) z_k
-        gradient = ops.einsum("bc,kbc->k", probabilities - onehot, stacked) / ops.cast(ops.shape(stacked)[1],
-                                                                                        stacked.dtype)
-        weights = weights * ops.exp(-step_size * gradient)
-        weights = weights / ops.sum(weights)
-    return weights
+        g = ops.einsum("bc,kbc->k", probabilities(weights) - onehot, stacked) / batch
+        to = ops.cast(ops.argmin(g), "int32")
+        # Only networks with weight left can give; ``to`` never gives to itself.
+        can_give = ops.logical_and(weights > 0, ops.arange(count, dtype="int32") != to)
+        giver = ops.argmax(ops.where(can_give, g, ops.full_like(g, -float("inf"))))
+        direction = ops.one_hot(to, count, dtype=dtype) - ops.one_hot(giver, count, dtype=dtype)
+        room = ops.where(ops.any(can_give), ops.take(weights, giver), zero)
+        shift = ops.einsum("k,kbc->bc", direction, stacked)  # d z / d t along the edge
+
+        def slope_and_curvature(t):
+            p = probabilities(weights + t * direction)
+            mean_shift = ops.sum(p * shift, axis=-1)
+            slope = ops.sum((p - onehot) * shift) / batch
+            curvature = ops.sum(ops.sum(p * ops.square(shift), axis=-1) - ops.square(mean_shift)) / batch
+            return slope, curvature
+
+        def newton(_, state):
+            low, high, t = state
+            slope, curvature = slope_and_curvature(t)
+            rising = slope > 0
+            low, high = ops.where(rising, low, t), ops.where(rising, t, high)
+            proposal = t - slope / ops.maximum(curvature, 1e-30)
+            inside = ops.logical_and(proposal > low, proposal < high)
+            return low, high, ops.where(inside, proposal, 0.5 * (low + high))
+
+        _, _, step = ops.fori_loop(0, LINE_SEARCH_STEPS, newton, (zero, room, 0.5 * room))
+        # The whole room when the slope still falls at its end (an optimum on the boundary).
+        step = ops.where(slope_and_curvature(room)[0] <= 0, room, step)
+        moved = ops.maximum(weights + step * direction, 0)
+        return moved / ops.sum(moved)
+
+    weights = ops.ones((count,), dtype=dtype) / float(count)
+    if moves is None:
+        moves = 1 if count == 2 else PAIRWISE_MOVES_PER_NETWORK * count
+    return ops.fori_loop(0, moves, move, weights)
 
 
 def general_weights(probabilities, onehot, ridge=1e-6):
@@ -91,17 +135,18 @@ def general_weights(probabilities, onehot, ridge=1e-6):
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class KDCL(OnlineDistiller):
+    method_name = "kdcl"
     independent_only = True
 
     def __init__(self, branches, num_classes=None, trunk=None, teacher="minlogit", naive_per="example",
-                 ce_weight=1.0, kd_weight=1.0, temperature=2.0, **kwargs):
+                 ce_weight=1.0, kd_weight=1.0, **kwargs):
         if teacher not in TEACHERS:
             raise ValueError(f"KDCL teacher must be one of {TEACHERS}, got '{teacher}'")
         if naive_per not in ("example", "batch"):
             raise ValueError(f"KDCL naive_per must be 'example' or 'batch', got '{naive_per}'")
         self.teacher, self.naive_per = teacher, naive_per
         self.ce_weight, self.kd_weight = float(ce_weight), float(kd_weight)
-        super().__init__(branches, num_classes, trunk=trunk, temperature=temperature, **kwargs)
+        super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         count = len(self.branches)
         self.general = self.add_weight(shape=(count,), initializer=keras.initializers.Constant(1.0 / count),
                                        trainable=False, name="general_weights")
@@ -125,7 +170,7 @@ class KDCL(OnlineDistiller):
             return minlogit_teacher(logits, labels)
         if self.teacher == "naive":
             return naive_teacher(logits, labels, self.naive_per)
-        weights = linear_weights(logits, labels) if self.teacher == "linear" else ops.cast(self.general, "float32")
+        weights = linear_weights(logits, labels) if self.teacher == "linear" else self.general
         return ops.einsum("k,kbc->bc", ops.cast(weights, logits[0].dtype), ops.stack(logits, axis=0))
 
     def compute_losses(self, outputs, labels):
@@ -133,7 +178,7 @@ class KDCL(OnlineDistiller):
         teacher = self.teacher_logits(logits, labels)
         outputs["kdcl_teacher"] = teacher
         terms = {f"ce_net{k}": cross_entropy(z, labels) for k, z in enumerate(logits)}
-        terms.update({f"kd_net{k}": distillation_kl(z, teacher, self.temperature) for k, z in enumerate(logits)})
+        terms.update({f"kd_net{k}": distillation_kl(z, teacher, self.temperature, eps=0.0) for k, z in enumerate(logits)})
         return terms
 
     def update_general_weights(self, images, labels, batch_size=256):
@@ -145,7 +190,7 @@ class KDCL(OnlineDistiller):
                 probabilities[k].append(np.asarray(ops.softmax(outputs[f"net{k}"], axis=-1)))
         probabilities = np.stack([np.concatenate(p) for p in probabilities])
         onehot = np.eye(self.num_classes)[np.asarray(labels, np.int64)]
-        self.general.assign(general_weights(probabilities, onehot).astype("float32"))
+        self.general.assign(general_weights(probabilities, onehot).astype(self.general.dtype))
         return np.asarray(self.general)
 
     def get_config(self):

@@ -79,14 +79,14 @@ def memory_update(memory, indices, embeddings, momentum):
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class MCLOKD(OnlineDistiller):
+    method_name = "mcl_okd"
     needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, memory_size=None, embed_dim=128, nce_k=16384,
-                 nce_t=0.1, nce_m=0.5, ce_weight=1.0, kd_weight=1.0, contrastive_weight=0.025, rampup_epochs=0,
-                 **kwargs):
+                 nce_t=0.1, nce_m=0.5, ce_weight=1.0, kd_weight=1.0, contrastive_weight=0.025, **kwargs):
         if not memory_size:
             raise ValueError("MCL-OKD needs memory_size, the number of training examples (one memory row each)")
-        super().__init__(branches, num_classes, trunk=trunk, rampup_epochs=rampup_epochs, **kwargs)
+        super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.memory_size, self.embed_dim, self.nce_k = int(memory_size), int(embed_dim), int(nce_k)
         self.nce_t, self.nce_m = float(nce_t), float(nce_m)
         self.ce_weight, self.kd_weight, self.contrastive_weight = float(ce_weight), float(kd_weight), \

@@ -22,33 +22,33 @@ Reported: each branch, their mean, the mean-logit ensemble of all branches, ``le
 deployed branch) and ``peer_ensemble`` (the mean of the peers' logits, the leader's teacher).
 """
 
-import math
-
 import keras
 from keras import layers, ops
 
-from keras_ffl.losses import cross_entropy, distillation_kl
+from keras_ffl.initializers import linear_like, torch_default
+from keras_ffl.losses import as_float, cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
-
-
-def torch_linear_init(fan_in):
-    bound = 1.0 / math.sqrt(fan_in)
-    return keras.initializers.RandomUniform(-bound, bound)
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class PeerAttention(layers.Layer):
     """``W_q`` and ``W_k`` (d -> d/8, no bias, shared by the peers) and the attention weights
-    ``a [B, peers, peers]`` they give."""
+    ``a [B, peers, peers]`` they give.  ``kernel_initializer`` (default ``nn.Linear``'s) is drawn
+    afresh for each of the two; OKDDip passes its network's linear rule, which the official init
+    loop gives W_q / W_k (``nn.Linear``'s default with ResNet and DenseNet, N(0, 0.01) with VGG)."""
 
-    def __init__(self, features, **kwargs):
+    def __init__(self, features, kernel_initializer=None, **kwargs):
         super().__init__(**kwargs)
         self.features = int(features)
+        self.kernel_initializer = keras.initializers.serialize(keras.initializers.get(kernel_initializer
+                                                                                      or torch_default()))
         projected = max(self.features // 8, 1)
-        self.query = layers.Dense(projected, use_bias=False, kernel_initializer=torch_linear_init(self.features),
+        self.query = layers.Dense(projected, use_bias=False, kernel_initializer=self.fresh_initializer(),
                                   name="query")
-        self.key = layers.Dense(projected, use_bias=False, kernel_initializer=torch_linear_init(self.features),
-                                name="key")
+        self.key = layers.Dense(projected, use_bias=False, kernel_initializer=self.fresh_initializer(), name="key")
+
+    def fresh_initializer(self):
+        return keras.initializers.deserialize(self.kernel_initializer)
 
     def call(self, pooled):
         """``pooled`` [B, peers, d] -> attention [B, peers, peers] (row i: peer i's weights)."""
@@ -56,11 +56,12 @@ class PeerAttention(layers.Layer):
         return ops.softmax(scores, axis=-1)
 
     def get_config(self):
-        return {**super().get_config(), "features": self.features}
+        return {**super().get_config(), "features": self.features, "kernel_initializer": self.kernel_initializer}
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class OKDDip(OnlineDistiller):
+    method_name = "okddip"
     needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, leader=True, **kwargs):
@@ -69,7 +70,9 @@ class OKDDip(OnlineDistiller):
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         if self.num_peers < 2:
             raise ValueError(f"OKDDip needs at least 2 attention peers, got {self.num_peers}")
-        self.attention = PeerAttention(self.branches[0].outputs[1].shape[-1], name="attention")
+        features = self.branches[0].outputs[1].shape[-1]
+        kernel, _ = linear_like(self.branches[0], features, use_bias=False)
+        self.attention = PeerAttention(features, kernel_initializer=kernel, name="attention")
 
     @property
     def num_peers(self):
@@ -82,7 +85,7 @@ class OKDDip(OnlineDistiller):
     def build_teachers(self, outputs, training):
         peers = outputs["logits"][:self.num_peers]
         pooled = ops.stack([ops.mean(f, axis=(1, 2)) for f in outputs["features"][:self.num_peers]], axis=1)
-        weights = ops.cast(self.attention(pooled), "float32")  # [B, peers, peers]
+        weights = as_float(self.attention(pooled))  # [B, peers, peers], float64 in a float64 run
         outputs["attention"] = weights
         outputs["peer_targets"] = ops.einsum("bij,bjc->bic", weights, ops.stack(peers, axis=1))
         teachers = {"peer_ensemble": ops.mean(ops.stack(peers, axis=0), axis=0)}

@@ -11,6 +11,7 @@ teacher ("ONE-E"):
 import keras
 from keras import ops
 
+from keras_ffl.initializers import linear_like
 from keras_ffl.layers.gate import Gate
 from keras_ffl.losses import as_float, cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
@@ -18,13 +19,16 @@ from keras_ffl.methods.base import OnlineDistiller
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class ONE(OnlineDistiller):
+    method_name = "one"
     teacher_names = ("teacher",)
     needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, sync_bn=False, **kwargs):
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.sync_bn = sync_bn
-        self.gate = Gate(len(self.branches), sync_bn=sync_bn, name="gate")
+        kernel, bias = linear_like(self.branches[0], self.trunk.output.shape[-1])
+        self.gate = Gate(len(self.branches), sync_bn=sync_bn, kernel_initializer=kernel, bias_initializer=bias,
+                         name="gate")
 
     def loss_term_names(self):
         k = range(len(self.branches))

@@ -18,7 +18,7 @@ The deployed model is a temporal-mean peer (``part("ema0")``; the report lists e
 ``ema{j}``).  No official code exists: this follows the unofficial code
 (shaoeric/Peer-Collaborative-Learning-for-Online-Knowledge-Distillation) except its ramp-up,
 which is broken there (``exp(-5 (1 - e/1)^2)``): here the 80-epoch ramp-up of METHODS.md, an
-assumption.  EMA decay 0.999 and the deployed peer come from that code and the paper's
+assumption.  The KL is the plain one of that code (``F.kl_div`` on ``F.softmax``, no 1e-7).  EMA decay 0.999 and the deployed peer come from that code and the paper's
 abstract.
 
 The temporal-mean copies are Keras-trainable (so that their BatchNorm runs in training mode)
@@ -28,7 +28,7 @@ but no optimiser, weight decay or gradient touches them: ``after_step`` alone mo
 import keras
 from keras import ops
 
-from keras_ffl.backbones.base import dense_classifier
+from keras_ffl.initializers import linear_like
 from keras_ffl.losses import cross_entropy, distillation_kl
 from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
 from keras_ffl import engines
@@ -36,6 +36,7 @@ from keras_ffl import engines
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class PCL(OnlineDistiller):
+    method_name = "pcl"
     needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, ema_decay=0.999, **kwargs):
@@ -43,8 +44,10 @@ class PCL(OnlineDistiller):
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.ema_decay = float(ema_decay)
         features = self.branches[0].outputs[1].shape[-1]
-        self.ensemble_classifier = dense_classifier(self.num_classes, features * len(self.branches),
-                                                    name="ensemble_classifier")
+        # A module of the network in the code, so its init loop's linear rule applies.
+        kernel, bias = linear_like(self.branches[0], features * len(self.branches))
+        self.ensemble_classifier = keras.layers.Dense(self.num_classes, kernel_initializer=kernel,
+                                                      bias_initializer=bias, name="ensemble_classifier")
         self.ema_trunk = self.temporal_mean_of(self.trunk)
         self.ema_branches = [self.temporal_mean_of(branch) for branch in self.branches]
         self.ema_steps = self.add_weight(shape=(), dtype="int32", initializer="zeros", trainable=False,
@@ -105,9 +108,9 @@ class PCL(OnlineDistiller):
         terms = {f"ce_net{k}": cross_entropy(z, labels) for k, z in enumerate(logits)}
         terms["ce_peer_ensemble"] = cross_entropy(teachers["peer_ensemble"], labels)
         ensemble = ops.stop_gradient(teachers["peer_ensemble"])
-        terms.update({f"kd_pe_net{k}": distillation_kl(z, ensemble, t) for k, z in enumerate(logits)})
+        terms.update({f"kd_pe_net{k}": distillation_kl(z, ensemble, t, eps=0.0) for k, z in enumerate(logits)})
         for k, z in enumerate(logits):
-            peers = [distillation_kl(z, teachers[f"ema{j}"], t) for j in range(count) if j != k]
+            peers = [distillation_kl(z, teachers[f"ema{j}"], t, eps=0.0) for j in range(count) if j != k]
             terms[f"kd_pm_net{k}"] = sum(peers[1:], peers[0]) / float(count - 1)
         return terms
 
@@ -120,7 +123,7 @@ class PCL(OnlineDistiller):
 
     def update_temporal_mean(self):
         """theta' <- a theta' + (1 - a) theta, a = min(1 - 1/(step + 1), ema_decay)."""
-        step = ops.cast(self.ema_steps, "float32")
+        step = ops.cast(self.ema_steps, self.loss_dtype)
         a = ops.minimum(1.0 - 1.0 / (step + 1.0), self.ema_decay)
         for student, ema in zip(self.student_models(), self.ema_models()):
             for theta, mean in zip(student.trainable_variables, ema.trainable_variables):
