@@ -28,6 +28,12 @@ def tiny_config(**overrides):
     return Config(**base).validated()
 
 
+def temperature_of(overrides):
+    """The temperature a run with these Config ``overrides`` trains at (the method's own unless
+    given), as the command line resolves it."""
+    return Config(**overrides).with_method_distillation_defaults().temperature
+
+
 def replace(config, **changes):
     return dataclasses.replace(config, **changes).validated()
 

@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from helpers import assert_within_float32_noise, kl_scales, method_inputs, random_batch, reverse_batch, tiny_config
+from helpers import (assert_within_float32_noise, kl_scales, method_inputs, random_batch, reverse_batch, temperature_of,
+                     tiny_config)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -43,12 +44,6 @@ DISTRIBUTED = tuple(CASES)
 #: A known bug planted in one JAX run (``backend_fit.plant``) that the tolerance must catch.
 PLANTED = ("pcl", "frozen_mean")
 EPOCH = 40
-
-
-def case_temperature(case):
-    from keras_ffl import specs
-
-    return CASES[case].get("temperature") or specs.distillation_defaults(CASES[case]["method"])[0]
 
 
 def jax_env(devices=1):
@@ -126,7 +121,7 @@ def test_one_step_on_jax_equals_the_tensorflow_step(steps, case):
     tf32, reversed_tf32, tf64, jax32 = (results[r] for r in ("tf32", "tf32-reversed", "tf64", "jax32"))
     assert any(k.startswith("optimizer variable") for k in tf32)
     assert_within_float32_noise(jax32, tf32, [tf32, reversed_tf32], tf64, what=f"{case} JAX vs TensorFlow",
-                                scales=kl_scales(tf32, case_temperature(case), 10))
+                                scales=kl_scales(tf32, temperature_of(CASES[case]), 10))
 
 
 def test_a_planted_defect_fails_the_float32_tolerance(steps):
@@ -137,7 +132,7 @@ def test_a_planted_defect_fails_the_float32_tolerance(steps):
     with pytest.raises(AssertionError, match="more than its float32 tolerance"):
         assert_within_float32_noise(results[f"jax32-{defect}"], results["tf32"], [results["tf32"],
                                     results["tf32-reversed"]], results["tf64"], what=f"{case} with {defect}",
-                                    scales=kl_scales(results["tf32"], case_temperature(case), 10))
+                                    scales=kl_scales(results["tf32"], temperature_of(CASES[case]), 10))
 
 
 @pytest.mark.parametrize("case", DISTRIBUTED)
@@ -146,7 +141,7 @@ def test_one_step_on_torch_equals_the_tensorflow_step(steps, case):
     samples = [results[r] for r in ("tf32", "tf32-reversed")]
     assert_within_float32_noise(results["torch32"], results["tf32"], samples, results["tf64"],
                                 what=f"{case} PyTorch vs TensorFlow",
-                                scales=kl_scales(results["tf32"], case_temperature(case), 10))
+                                scales=kl_scales(results["tf32"], temperature_of(CASES[case]), 10))
 
 
 @pytest.mark.parametrize("case", DISTRIBUTED)
@@ -155,4 +150,4 @@ def test_one_step_on_two_jax_devices_equals_the_one_device_step(steps, case):
     assert_within_float32_noise(results["jax32-2devices"], results["jax32"],
                                 [results["tf32"], results["tf32-reversed"]], results["tf64"],
                                 what=f"{case} 2 vs 1 JAX devices",
-                                scales=kl_scales(results["tf32"], case_temperature(case), 10))
+                                scales=kl_scales(results["tf32"], temperature_of(CASES[case]), 10))

@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from helpers import kl_scales, method_inputs, tiny_config
+from helpers import kl_scales, method_inputs, temperature_of, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -155,14 +155,6 @@ def disagreements(actual, reference, temperature):
     return sorted(out, reverse=True)
 
 
-def case_temperature(name):
-    from keras_ffl import specs
-
-    overrides = CASES[name]
-    given = overrides.get("temperature")
-    return given or specs.distillation_defaults(overrides["method"], overrides.get("cl_ilr_preset", ""))[0]
-
-
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_every_variable_after_every_step_agrees_with_tensorflow(fits, case, backend):
@@ -170,7 +162,7 @@ def test_every_variable_after_every_step_agrees_with_tensorflow(fits, case, back
     reference = recorded[case]["tensorflow"]
     assert any(" logged loss" in k for k in reference) and any("optimizer variable" in k for k in reference)
     assert {k.split(" ")[0] for k in reference} - {"meta"} == {f"step{i}" for i in range(STEPS)}
-    worst = disagreements(recorded[case][backend], reference, case_temperature(case))
+    worst = disagreements(recorded[case][backend], reference, temperature_of(CASES[case]))
     print(f"{case} {backend} vs tensorflow: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
     assert worst[0][0] <= FLOAT64_AGREEMENT, f"{case} on {backend}: {worst[:5]}"
 
@@ -178,7 +170,7 @@ def test_every_variable_after_every_step_agrees_with_tensorflow(fits, case, back
 @pytest.mark.parametrize("case", list(CASES))
 def test_jax_and_pytorch_agree_with_each_other(fits, case):
     recorded, _ = fits
-    worst = disagreements(recorded[case]["torch"], recorded[case]["jax"], case_temperature(case))
+    worst = disagreements(recorded[case]["torch"], recorded[case]["jax"], temperature_of(CASES[case]))
     print(f"{case} torch vs jax: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
     assert worst[0][0] <= FLOAT64_AGREEMENT, f"{case}: {worst[:5]}"
 
@@ -186,7 +178,7 @@ def test_jax_and_pytorch_agree_with_each_other(fits, case):
 @pytest.mark.parametrize("case", list(DEFECTS))
 def test_a_planted_defect_fails_the_same_comparison(fits, case):
     recorded, planted = fits
-    worst = disagreements(planted[case], recorded[case]["tensorflow"], case_temperature(case))
+    worst = disagreements(planted[case], recorded[case]["tensorflow"], temperature_of(CASES[case]))
     print(f"{case} with {DEFECTS[case][1]}: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
     assert worst[0][0] > 100 * FLOAT64_AGREEMENT, f"{DEFECTS[case]} went unnoticed: {worst[:3]}"
 
