@@ -33,7 +33,10 @@ def plant(defect):
             self.ema_steps.assign(self.ema_steps + 1)
 
         PCL.after_step = count_only
-    elif defect == "attached_teacher":  # KDCL's ``ops.stop_gradient`` made the identity
+    elif defect == "attached_teacher":
+        # Both detachments go: KDCL's own ``ops.stop_gradient`` and ``distillation_kl``'s, which
+        # alone would still hide the teacher's gradient (planting only one changes nothing).
+        import functools
         import types
 
         from keras import ops
@@ -42,6 +45,7 @@ def plant(defect):
 
         kdcl.ops = types.SimpleNamespace(**{n: getattr(ops, n) for n in dir(ops) if not n.startswith("_")})
         kdcl.ops.stop_gradient = lambda x: x
+        kdcl.distillation_kl = functools.partial(kdcl.distillation_kl, detach=False)
     elif defect:
         raise ValueError(f"unknown defect {defect}")
 

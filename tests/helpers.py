@@ -133,6 +133,28 @@ def kl_scales(names, temperature, num_classes):
     return {n: temperature ** 2 * math.log(num_classes) for n in names if "kd_" in n}
 
 
+#: Arrays smaller than this are measured against it: a bias that starts at 0 holds one
+#: update after a step (AFD's discriminators: Adam's +-1e-6), where TensorFlow's float64 step's 5e-8 is
+#: amplified by Adam's normalisation into 7e-6 of that tiny size; every defect moves far more.
+SMALLEST_SCALE = 1e-4
+
+
+def disagreements(actual, reference, temperature):
+    """``[(relative difference, name)]`` of every array, each relative to its size (at least
+    ``SMALLEST_SCALE``; for a logged KL term, the larger quantities it is the difference of)."""
+    assert actual.keys() == reference.keys(), set(actual) ^ set(reference)
+    scales = kl_scales(reference, temperature, 10)
+    out = []
+    for name, expected in reference.items():
+        expected = np.asarray(expected, np.float64)
+        if not expected.size:
+            continue
+        difference = float(np.max(np.abs(np.asarray(actual[name], np.float64) - expected)))
+        size = max(float(np.max(np.abs(expected))), scales.get(name, 0.0), SMALLEST_SCALE)
+        out.append((difference / size, name))
+    return sorted(out, reverse=True)
+
+
 def method_inputs(config, images, nce_seed=0):
     """What a method trains on for a batch of ``images``: the images, or the dict of views,
     indices and contrast negatives its data pipeline would give (deterministic)."""

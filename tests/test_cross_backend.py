@@ -35,7 +35,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from helpers import kl_scales, method_inputs, temperature_of, tiny_config
+from helpers import disagreements, method_inputs, temperature_of, tiny_config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -69,10 +69,6 @@ DEFECTS = {"pcl": ("jax", "frozen_mean"), "kdcl-linear": ("torch", "attached_tea
 #: momentum buffers, as if one constant of TensorFlow's step were rounded to float32; a
 #: planted defect moves the state by 1e-3 and more.  10x over the measured, 10^3 below a defect.
 FLOAT64_AGREEMENT = 1e-6
-#: Arrays smaller than this are measured against it: a bias that starts at 0 holds one
-#: update after a step (AFD's discriminators: Adam's +-1e-6), where TensorFlow's 5e-8 is
-#: amplified by Adam's normalisation into 7e-6 of that tiny size; every defect moves far more.
-SMALLEST_SCALE = 1e-4
 
 
 def backend_env(backend):
@@ -137,22 +133,6 @@ def fits(tmp_path_factory):
     recorded = {name: {b: dict(np.load(folder / f"{name}-{b}.npz")) for b in BACKENDS} for name in CASES}
     planted = {name: dict(np.load(case["output"])) for name, case in defects.items()}
     return recorded, planted
-
-
-def disagreements(actual, reference, temperature):
-    """``[(relative difference, name)]`` of every array, each relative to its size (at least
-    ``SMALLEST_SCALE``; for a logged KL term, the larger quantities it is the difference of)."""
-    assert actual.keys() == reference.keys(), set(actual) ^ set(reference)
-    scales = kl_scales(reference, temperature, 10)
-    out = []
-    for name, expected in reference.items():
-        expected = np.asarray(expected, np.float64)
-        if not expected.size:
-            continue
-        difference = float(np.max(np.abs(np.asarray(actual[name], np.float64) - expected)))
-        size = max(float(np.max(np.abs(expected))), scales.get(name, 0.0), SMALLEST_SCALE)
-        out.append((difference / size, name))
-    return sorted(out, reverse=True)
 
 
 @pytest.mark.parametrize("backend", ["jax", "torch"])

@@ -1,7 +1,17 @@
-"""One train step on 1 replica and on 2 replicas (MirroredStrategy over 2 logical CPUs)
-gives the same loss and the same updated weights, BatchNorm statistics included, within the
-float32 noise of that step: the same steps run in float64 on one device measure how far
-float32 rounding alone moves each array (``helpers.float32_tolerance``).
+"""Steps on 1 replica and on 2 replicas (MirroredStrategy over 2 logical CPUs) give the same
+losses and the same updated state: every weight, BatchNorm statistics included, and every
+optimiser variable.
+
+Both run in float64.  In float32 the two differ by float32 noise (the replicas sum every
+reduction in another order), and that noise is chaotic over a step: a ReLU input or a
+pooling tie that rounding pushes across zero changes an array's gradient by a whole unit's
+contribution.  Measured on this machine: a 2-replica OKDDip run 290x the float32 noise of
+the single-device step on one momentum buffer after two steps (2e-5 against 7e-8), with the
+first step within noise, and the float64 runs of the same steps agreeing to 2e-12.  Float64
+rounding is 2^29 times smaller, so an honest 2-replica run stays within
+``REPLICA_AGREEMENT`` and a real defect (unsynchronised BatchNorm, a loss or gradient scaled
+by the replica count) lies orders of magnitude above it: ``test_unsynchronised_batchnorm_...``
+plants one.
 
 The 1-replica reference is the plain single-device step a user runs without a strategy;
 the 2-replica run synchronises BatchNorm so both see the statistics of the global batch.
@@ -9,13 +19,18 @@ One MirroredStrategy serves the whole session: a second one in the same process 
 collective instance keys and TensorFlow aborts ("Restart your program to reset").
 """
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_within_float32_noise, kl_scales, method_inputs, random_batch, reverse_batch, tiny_config
-from keras_ffl.build import build_model, compile_model
+from helpers import disagreements, method_inputs, random_batch, tiny_config
+from keras_ffl.build import build_model, compile_model, set_precision
+
+#: Largest relative difference (``helpers.disagreements``) allowed between the float64 runs
+#: on 1 and 2 replicas.  Measured: at most 2e-12 over the cases below after two steps (ONE;
+#: 4e-15 to 4e-14 for the rest), float64 rounding of the replicas' other summation order;
+#: unsynchronised BatchNorm moves a momentum buffer by 0.6 of its size in one step.
+REPLICA_AGREEMENT = 1e-9
 
 
 @pytest.fixture(scope="session")
@@ -39,27 +54,22 @@ def run_steps(strategy, config, weights, x, y, steps):
     return initial, history.history, model
 
 
-def single_and_mirrored(mirrored, overrides, sync_bn=True, steps=2, noise=False):
-    """Runs the steps on one device and on two replicas from the same initial weights.  With
-    ``noise``, also on one device with the batch in reverse order (another float32 rounding)
-    and in float64 (the exact reference): what float32 noise alone does to the step."""
+def single_and_mirrored(mirrored, overrides, sync_bn=True, steps=2):
+    """Runs the steps in float64 on one device and on two replicas from the same initial
+    weights: ``initial, (history, model) on one device, (history, model) on two replicas``."""
+    import keras
+
     x, y = random_batch(8, seed=11)
     keras.utils.set_random_seed(0)
     base = dict(lr=0.1, momentum=0.9, **overrides)
-    initial, hist1, model1 = run_steps(tf.distribute.get_strategy(), tiny_config(**base), None, x, y, steps)
-    config2 = tiny_config(sync_bn=sync_bn, strategy="mirrored", cpu_devices=2, **base)
-    _, hist2, model2 = run_steps(mirrored, config2, initial, x, y, steps)
-    runs = [(hist1, model1), (hist2, model2)]
-    if noise:
-        reversed_inputs = reverse_batch(method_inputs(tiny_config(**base), x))
-        _, hist_r, model_r = run_steps(tf.distribute.get_strategy(), tiny_config(**base), initial, reversed_inputs,
-                                       y[::-1].copy(), steps)
-        runs.append((hist_r, model_r))
-        keras.mixed_precision.set_global_policy("float64")
-        _, hist64, model64 = run_steps(tf.distribute.get_strategy(), tiny_config(**base), initial, x, y, steps)
-        keras.mixed_precision.set_global_policy("float32")
-        runs.append((hist64, model64))
-    return initial, *runs
+    set_precision("float64")
+    try:
+        initial, hist1, model1 = run_steps(tf.distribute.get_strategy(), tiny_config(**base), None, x, y, steps)
+        config2 = tiny_config(sync_bn=sync_bn, strategy="mirrored", cpu_devices=2, **base)
+        _, hist2, model2 = run_steps(mirrored, config2, initial, x, y, steps)
+    finally:
+        set_precision("float32")
+    return initial, (hist1, model1), (hist2, model2)
 
 
 def state_of(model):
@@ -76,10 +86,7 @@ def state_of(model):
      dict(method="dml", dml_update="sequential"),
      dict(method="one", num_branches=3, rampup_epochs=80),
      dict(method="vanilla"),
-     # Adam moves an element by about +-lr whatever the gradient's size, so float noise in a
-     # near-zero gradient can flip a step: a small feature lr keeps such flips under the
-     # weight tolerance, and Adam's moments (compared below) check the gradients themselves.
-     dict(method="afd", backbones=("resnet8", "wrn10_2"), feature_lr=1e-6),
+     dict(method="afd", backbones=("resnet8", "wrn10_2")),
      dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0),
      dict(method="cl_ilr", num_branches=4, temperature=2.0),
      dict(method="okddip", num_branches=4, rampup_epochs=80),
@@ -91,21 +98,25 @@ def state_of(model):
 )
 def test_one_and_two_replicas_take_the_same_steps(mirrored, overrides):
     # Two steps with momentum: the optimisers' states must match too.
-    initial, one, two, reversed_batch, exact = single_and_mirrored(mirrored, overrides, noise=True)
-
-    def losses(history):
-        return {name: values[0] for name, values in history.items() if not name.startswith(("acc", "top5"))}
-
-    logged = [losses(history) for history, _ in (one, two, reversed_batch, exact)]
-    assert_within_float32_noise(logged[1], logged[0], [logged[0], logged[2]], logged[3], what="logged",
-                                scales=kl_scales(logged[0], overrides.get("temperature", 3.0), 10))
-    states = [state_of(model) for _, model in (one, two, reversed_batch, exact)]
-    assert_within_float32_noise(states[1], states[0], [states[0], states[2]], states[3], what="state")
-    moved = sum(not np.allclose(a, start) for a, start in zip(one[1].get_weights(), initial))
+    initial, (history1, model1), (history2, model2) = single_and_mirrored(mirrored, overrides)
+    temperature = overrides.get("temperature", 3.0)
+    worst = disagreements({**logged(history2), **state_of(model2)}, {**logged(history1), **state_of(model1)},
+                          temperature)
+    print(f"{overrides}: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
+    assert worst[0][0] <= REPLICA_AGREEMENT, worst[:5]
+    moved = sum(not np.allclose(a, start) for a, start in zip(model1.get_weights(), initial))
     assert moved > len(initial) // 2  # the steps did update weights and BN statistics
 
 
+def logged(history):
+    """The logged losses (``kd_*`` named as ``kl_scales`` expects), not the accuracies."""
+    return {name: values[0] for name, values in history.items() if not name.startswith(("acc", "top5"))}
+
+
 def test_unsynchronised_batchnorm_differs_across_replicas(mirrored):
-    """Why --sync_bn exists: per-replica statistics give a different step."""
-    _, (hist1, model1), (hist2, model2) = single_and_mirrored(mirrored, {}, sync_bn=False, steps=1)
-    assert hist1["loss"][0] != pytest.approx(hist2["loss"][0], rel=1e-5)
+    """Why --sync_bn exists, and a planted defect the comparison above must catch: per-replica
+    statistics give a different step."""
+    _, (history1, model1), (history2, model2) = single_and_mirrored(mirrored, {}, sync_bn=False, steps=1)
+    worst = disagreements({**logged(history2), **state_of(model2)}, {**logged(history1), **state_of(model1)}, 3.0)
+    print(f"unsynchronised BatchNorm: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
+    assert worst[0][0] > 1000 * REPLICA_AGREEMENT, worst[:3]

@@ -40,8 +40,12 @@ def test_a_run_trained_on_jax_learns_and_evaluates_the_same_under_tensorflow(tmp
     assert "Keras on jax" in result.stdout
     report = json.loads((model_dir / "report.json").read_text())
     assert report["backend"] == "jax" and report["config"]["backend"] == "jax"
-    for part in ("net0", "net1", "ensemble", "fused"):  # chance is 10%; 69-74% measured on TensorFlow
-        assert report["results"][part]["top1"] > 60.0, (part, report["results"][part])
+    # Learned, not merely ran: chance is 10%.  Two epochs of 63 steps end anywhere in 58-73%
+    # (seeds 0-3 on JAX, one AVX-512 CPU; TensorFlow 70.4 at seed 0) and 53.5 was seen on
+    # another CPU: the first epoch at lr 0.1 is still far from settled.  The semantics of the
+    # JAX step are held exactly by test_cross_backend.py; this holds the whole run.
+    for part in ("net0", "net1", "ensemble", "fused"):
+        assert report["results"][part]["top1"] > 40.0, (part, report["results"][part])
     rows, _, test_size = evaluate(str(model_dir))  # in this process: TensorFlow
     assert test_size == 1000
     for part, row in report["results"].items():
