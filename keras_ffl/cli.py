@@ -7,18 +7,23 @@ from keras_ffl.config import quiet_tensorflow
 from keras_ffl.errors import ConfigError, DataError, HelpRequested, ResumeError, WriteError
 
 
-def run_main(body, backend_from_flags=False):
+def run_main(body, backend_from_flags=False, keras_now=True):
     """Runs ``body()`` (which returns 0) and maps failures to exit codes.
 
     0 success or --help; 2 bad input (flags, configuration, data); 1 training diverged or the
     run directory could not be written.  Unless the entry point chooses the backend from its
     own flags (``backend_from_flags``), Keras is pointed at an installed backend first: it
     picks one once, on import, and would otherwise try TensorFlow where only JAX is installed.
+    With ``keras_now`` it is also imported then, quietly: TensorFlow 2.21 prints its C++
+    start-up lines (oneDNN, absl) whatever ``TF_CPP_MIN_LOG_LEVEL`` says.
     """
     quiet_tensorflow()
     try:
         if not backend_from_flags and backend.running() is None:
-            backend.activate(backend.resolve())
+            if keras_now:
+                backend.import_quietly(backend.resolve())
+            else:
+                backend.activate(backend.resolve())
         return body()
     except HelpRequested as e:
         print(e)

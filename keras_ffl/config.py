@@ -381,10 +381,17 @@ def check_numbers(c):
     """Every float field finite and every field of NUMBER_RANGES in its range, before any work."""
     import math
 
+    largest = 3.4028234663852886e38  # float32's largest: training computes in float32, where 1e39 is inf
     for field in dataclasses.fields(c):
         value = getattr(c, field.name)
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"--{field.name} must be a finite number, got {value}")
+        if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= largest):
+            raise ConfigError(f"--{field.name} must be a finite float32 number (|x| <= {largest:.4g}), got {value}")
+    for lr, gamma, milestones in ((c.lr, c.lr_gamma, c.lr_milestones),
+                                  (c.feature_lr, c.lr_gamma, c.feature_lr_milestones)):
+        peak = lr * max(gamma, 1.0) ** len(milestones)
+        if not peak <= largest:
+            raise ConfigError(f"--lr_gamma={gamma:g} over {len(milestones)} milestone(s) takes the learning rate {lr:g} "
+                              f"past float32's largest number ({largest:.4g})")
     for name, (low, high, low_open, high_open) in NUMBER_RANGES.items():
         value = getattr(c, name, None)
         if value is None or isinstance(value, bool):
@@ -553,6 +560,7 @@ def check_data_dir(dataset, data_dir):
 
 #: Where tfds downloads CIFAR from (its python-version archives).
 CIFAR_HOST, CIFAR_PAGE = "www.cs.toronto.edu", "https://www.cs.toronto.edu/~kriz/cifar.html"
+TFDS_HOST = "storage.googleapis.com"
 
 
 def tfds_prepared(name, data_dir):
@@ -568,12 +576,13 @@ def check_download_possible(c):
     """A built-in dataset not on disk that would be downloaded: refused in one line, before
     anything is created, when it cannot be (ImageNet without --manual_dir; CIFAR with its host
     unreachable, where tfds would retry for minutes).  Without --download, the load says so."""
-    import socket
-
     spec = c.dataset_spec
+    where = c.data_dir or "tfds's data_dir (~/tensorflow_datasets)"
+    if spec.source == "tfds_images":
+        check_tfds_name_available(c, where)
+        return
     if not c.download or spec.source not in ("cifar", "tfds") or tfds_prepared(c.dataset, c.data_dir):
         return
-    where = c.data_dir or "tfds's data_dir (~/tensorflow_datasets)"
     if spec.source == "tfds":
         if not c.manual_dir:
             raise ConfigError(f"{c.dataset} is not prepared in {where} and cannot be downloaded: pass --manual_dir, a "
@@ -583,12 +592,37 @@ def check_download_possible(c):
 
     if find_cifar_archive(c.dataset, c.resolved_data_dir):
         return
-    try:
-        socket.create_connection((CIFAR_HOST, 443), timeout=5).close()
-    except OSError as e:
-        reason = e.strerror or str(e) or type(e).__name__
+    reason = unreachable(CIFAR_HOST)
+    if reason:
         raise ConfigError(f"{c.dataset} is not in {where} and {CIFAR_HOST} cannot be reached ({reason}): offline, put "
-                          f"{CIFAR_ARCHIVES[c.dataset][0]} (from {CIFAR_PAGE}) in --data_dir") from None
+                          f"{CIFAR_ARCHIVES[c.dataset][0]} (from {CIFAR_PAGE}) in --data_dir")
+
+
+def unreachable(host):
+    """Why ``host``'s HTTPS port cannot be reached within 5 s, or "" if it can."""
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+        return ""
+    except OSError as e:
+        return e.strerror or str(e) or type(e).__name__
+
+
+def check_tfds_name_available(c, where):
+    """``tfds:NAME`` not prepared on disk, to be downloaded with the network down: refused at
+    once (tfds would retry each source URL for minutes, then leave partial downloads).  tfds
+    fetches from each dataset's own hosts; Google Cloud Storage, which tfds also asks for
+    prepared copies, stands for "online".  Without --download the loader says what to do."""
+    name = c.dataset[len("tfds:"):].split("/")[0].split(":")[0]
+    if not c.download or tfds_prepared(name, c.data_dir):
+        return
+    reason = unreachable(TFDS_HOST)
+    if reason:
+        raise ConfigError(f"{c.dataset} is not prepared in {where} and the network is unreachable ({TFDS_HOST}: "
+                          f"{reason}): prepare it where it is (python -c \"import tensorflow_datasets as tfds; "
+                          f"tfds.builder('{name}').download_and_prepare()\") and copy ~/tensorflow_datasets/{name} "
+                          "into --data_dir")
 
 
 def trained_run_config(model_dir, what, remedy):

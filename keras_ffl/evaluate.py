@@ -20,7 +20,7 @@ def define_flags(flag_values):
                         flag_values=flag_values)
     flags.DEFINE_string("data_dir", "", "Override the run's data location.", flag_values=flag_values)
     flags.DEFINE_integer("test_examples", -1, "Override the number of test examples (0 = all, -1 = as trained).",
-                         flag_values=flag_values)
+                         lower_bound=-1, flag_values=flag_values)
     flags.DEFINE_string("output", "", "Also write the results as JSON here.", flag_values=flag_values)
 
 

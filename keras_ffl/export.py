@@ -52,8 +52,10 @@ def define_flags(flag_values):
                       flag_values=flag_values)
     flags.DEFINE_float("tolerance", 1e-4, "Largest max abs logit difference allowed against Keras.",
                        flag_values=flag_values)
-    flags.DEFINE_integer("parity_examples", 256, "Test images used for the parity check.", flag_values=flag_values)
-    flags.DEFINE_integer("latency_runs", 200, "Batch-1 calls timed per runtime (0 = skip).", flag_values=flag_values)
+    flags.DEFINE_integer("parity_examples", 256, "Test images used for the parity check.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_integer("latency_runs", 200, "Batch-1 calls timed per runtime (0 = skip).", lower_bound=0,
+                         flag_values=flag_values)
     flags.DEFINE_string("data_dir", "", "Data location override for the parity images.", flag_values=flag_values)
     flags.DEFINE_string("base_url", "", "Zoo download base URL override.", flag_values=flag_values)
     flags.DEFINE_string("cache_dir", "", "Zoo download cache override.", flag_values=flag_values)
@@ -288,9 +290,9 @@ def main(argv=None):
         fv = parse_argv(argv, define=define_flags)
         source = fv.name or os.path.basename(os.path.normpath(fv.model_dir or ""))
         output_dir = fv.output_dir or os.path.join("exports", f"{source}_{fv.part}")
+        if not 0 < fv.tolerance < float("inf"):  # NaN fails this too
+            raise ConfigError(f"--tolerance must be a positive finite number, got {fv.tolerance}")
         check_request(fv.name, fv.model_dir, fv.formats, output_dir, fv.overwrite)
-        if fv.tolerance <= 0 or fv.parity_examples <= 0:
-            raise ConfigError("--tolerance and --parity_examples must be positive")
         if fv.name:
             from keras_ffl.zoo import load_method_model
 

@@ -383,6 +383,10 @@ def main(argv=None):
                 print(f"| {name} | {e['method']} | {' + '.join(e['backbones'])} | {e['dataset']} | "
                       f"{', '.join(e['parts'])} | {size} | {top1 or '-'} |")
             return 0
+        if command in ("publish", "evaluate"):
+            from keras_ffl import backend
+
+            backend.import_quietly(backend.resolve())
         if command == "publish":
             if not fv.model_dir or not fv.name:
                 raise ConfigError("publish needs --model_dir and --name")
@@ -413,7 +417,7 @@ def main(argv=None):
               f"largest difference {worst:.2f} points")
         return 0
 
-    return run_main(body)
+    return run_main(body, keras_now=False)  # list, recipe and download need no Keras
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ CASES = {
     "ffl-resnet-wrn": dict(method="ffl", backbones=("resnet8", "wrn10_1"), fusion_channels=32),
     "dml-sequential": dict(method="dml", dml_update="sequential"),
     "afd": dict(method="afd", backbones=("resnet8", "wrn10_2"), feature_lr=1e-6),
-    "mcl_okd": dict(method="mcl_okd", num_branches=3, nce_k=6),
     "pcl": dict(method="pcl", num_branches=3),
 }
 #: The cases also run on two JAX devices and on the torch backend.

@@ -135,7 +135,7 @@ BAD_NUMBERS = ["--lr=nan", "--lr=inf", "--lr=0", "--temperature=nan", "--momentu
                "--weight_decay=-1", "--fusion_weight_decay=nan", "--feature_lr=nan", "--feature_weight_decay=inf",
                "--nce_t=nan", "--nce_m=nan", "--ce_weight=nan", "--kd_weight=inf", "--contrastive_weight=nan",
                "--ema_decay=nan", "--validation_fraction=nan", "--seed=-1", "--verbose=3", "--cpu_devices=-1",
-               "--task_index=-1", "--num_branches=-2", "--image_size=-1"]
+               "--task_index=-1", "--num_branches=-2", "--image_size=-1", "--lr=1e39", "--kd_weight=-1e39"]
 
 
 @pytest.mark.parametrize("flag", BAD_NUMBERS)
@@ -143,6 +143,24 @@ def test_every_numeric_flag_has_a_range_checked_before_any_work(flag):
     name = flag[2:].split("=")[0]
     with pytest.raises(ConfigError, match=f"--{name}"):
         config_from_flags(parse_argv(["train", "--dataset=synthetic", flag])).validated()
+
+
+def test_a_schedule_that_overflows_float32_is_refused_before_any_work():
+    """Each number finite in float32, and the learning rate it grows to as well."""
+    with pytest.raises(ConfigError, match="--lr_gamma=3e\\+38 over 2 milestone.* past float32's largest"):
+        config_from_flags(parse_argv(["train", "--dataset=synthetic", "--lr=10", "--lr_gamma=3e38"])).validated()
+    config_from_flags(parse_argv(["train", "--dataset=synthetic", "--lr=10", "--lr_gamma=1e10"])).validated()
+
+
+@pytest.mark.parametrize("command,flag", [("export", "--tolerance=nan"), ("export", "--tolerance=0"),
+                                          ("export", "--latency_runs=-1"), ("export", "--parity_examples=0"),
+                                          ("evaluate", "--test_examples=-5")])
+def test_export_and_evaluate_refuse_numbers_out_of_range(command, flag, tmp_path, capsys):
+    from keras_ffl import evaluate, export
+
+    main = {"export": export.main, "evaluate": evaluate.main}[command]
+    assert main([command, f"--model_dir={tmp_path}", flag]) == 2
+    assert flag.split("=")[0] in capsys.readouterr().err
 
 
 def test_a_numeric_flag_out_of_range_is_one_line_and_exit_2_from_the_command_line(tmp_path):

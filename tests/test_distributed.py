@@ -82,10 +82,8 @@ def state_of(model):
 @pytest.mark.parametrize(
     "overrides",
     [dict(), dict(backbones=("resnet8", "wrn10_1"), fusion_channels=32),
-     dict(method="dml", backbones=("resnet8", "wrn10_1"), temperature=3.0),
      dict(method="dml", dml_update="sequential"),
      dict(method="one", num_branches=3, rampup_epochs=80),
-     dict(method="vanilla"),
      dict(method="afd", backbones=("resnet8", "wrn10_2")),
      dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0),
      dict(method="cl_ilr", num_branches=4, temperature=2.0),
@@ -93,7 +91,7 @@ def state_of(model):
      dict(method="kdcl", backbones=("resnet8", "wrn10_1"), temperature=2.0),
      dict(method="mcl_okd", num_branches=3, nce_k=6),
      dict(method="pcl", num_branches=3, rampup_epochs=80)],
-    ids=["ffl-shared-2", "ffl-resnet-wrn", "dml-mixed", "dml-sequential", "one-3", "vanilla", "afd-mixed",
+    ids=["ffl-shared-2", "ffl-resnet-wrn", "dml-sequential", "one-3", "afd-mixed",
          "ffcl-mixed", "cl_ilr-tree", "okddip", "kdcl-mixed", "mcl_okd", "pcl"],
 )
 def test_one_and_two_replicas_take_the_same_steps(mirrored, overrides):

@@ -29,11 +29,12 @@ def run(*args, backend="tensorflow"):
 
 
 @pytest.mark.parametrize("backend,method_flags", [
-    ("tensorflow", ["--method=ffl"]), ("jax", ["--method=ffl"]),
+    ("tensorflow", ["--method=ffl"]),
     # memory banks, contrast indices drawn by the pipeline and one augmented view per peer
     ("tensorflow", ["--method=mcl_okd", "--num_branches=3", "--nce_k=6"]),
+    # JAX's engine (its state outside the variables, a temporal mean moved after the step)
     ("jax", ["--method=pcl", "--num_branches=3"]),
-], ids=["ffl-tensorflow", "ffl-jax", "mcl_okd-tensorflow", "pcl-jax"])
+], ids=["ffl-tensorflow", "mcl_okd-tensorflow", "pcl-jax"])
 def test_kill_9_mid_epoch_then_the_same_command_ends_as_an_uninterrupted_run(tmp_path, backend, method_flags):
     import json
 

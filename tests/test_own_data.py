@@ -191,6 +191,26 @@ def test_any_tfds_name_trains_on_mock_data_and_an_unknown_one_is_refused(tmp_pat
     assert unknown.returncode == 2 and len(lines) == 1 and "tfds:no_such_dataset" in lines[0], unknown.stderr
 
 
+def test_a_tfds_name_not_on_disk_fails_at_once_when_offline(tmp_path, monkeypatch):
+    """tfds would retry every source URL for minutes (210 s measured) and leave partial
+    downloads; the check refuses in one line first, and a prepared copy passes it."""
+    import time
+
+    from helpers import tiny_config
+    from keras_ffl import config as config_module
+
+    monkeypatch.setattr(config_module, "TFDS_HOST", "offline.invalid")  # never resolves (RFC 2606)
+    config = tiny_config(dataset="tfds:svhn_cropped", data_dir=str(tmp_path), download=True)
+    started = time.time()
+    with pytest.raises(ConfigError, match="tfds:svhn_cropped is not prepared in .* and the network is unreachable "
+                                          "\\(offline.invalid: .*tfds.builder\\('svhn_cropped'\\)"):
+        config_module.check_download_possible(config)
+    assert time.time() - started < 10
+    (tmp_path / "svhn_cropped" / "3.1.0").mkdir(parents=True)
+    (tmp_path / "svhn_cropped" / "3.1.0" / "dataset_info.json").write_text("{}")
+    config_module.check_download_possible(config)
+
+
 def test_a_tfds_dataset_not_prepared_is_one_line_that_says_how_and_download_can_start(tmp_path):
     """Without --download: the error names the dataset and the flag.  With it, tfds gets as far
     as its download (tfds 4.9.10 needs the importlib_resources backport there, which
