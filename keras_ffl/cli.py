@@ -11,7 +11,7 @@ def run_main(body, backend_from_flags=False, keras_now=True):
     """Runs ``body()`` (which returns 0) and maps failures to exit codes.
 
     0 success or --help; 2 bad input (flags, configuration, data); 1 training diverged or the
-    run directory could not be written.  Unless the entry point chooses the backend from its
+    run directory could not be written; 130 Ctrl-C (one line, no traceback).  Unless the entry point chooses the backend from its
     own flags (``backend_from_flags``), Keras is pointed at an installed backend first: it
     picks one once, on import, and would otherwise try TensorFlow where only JAX is installed.
     With ``keras_now`` it is also imported then, quietly: TensorFlow 2.21 prints its C++
@@ -34,3 +34,6 @@ def run_main(body, backend_from_flags=False, keras_now=True):
     except (FloatingPointError, ResumeError, WriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the body's own clean-up (partial files, the lock) has run
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -613,10 +613,13 @@ def check_tfds_name_available(c, where):
     """``tfds:NAME`` not prepared on disk, to be downloaded with the network down: refused at
     once (tfds would retry each source URL for minutes, then leave partial downloads).  tfds
     fetches from each dataset's own hosts; Google Cloud Storage, which tfds also asks for
-    prepared copies, stands for "online".  Without --download the loader says what to do."""
+    prepared copies, stands for "online".  Without --download: refused at once too."""
     name = c.dataset[len("tfds:"):].split("/")[0].split(":")[0]
-    if not c.download or tfds_prepared(name, c.data_dir):
+    if tfds_prepared(name, c.data_dir):
         return
+    if not c.download:
+        raise ConfigError(f"cannot load tfds dataset '{name}' split '{c.train_split}': it is not prepared in {where} "
+                          "(prepare it with tfds, or pass --download)")
     reason = unreachable(TFDS_HOST)
     if reason:
         raise ConfigError(f"{c.dataset} is not prepared in {where} and the network is unreachable ({TFDS_HOST}: "

@@ -223,7 +223,7 @@ def test_a_tfds_dataset_not_prepared_is_one_line_that_says_how_and_download_can_
     assert missing.returncode == 2, missing.stderr
     assert len(lines) == 1, missing.stderr  # tfds's own warnings about the empty folder are held back
     assert "cannot load tfds dataset 'mnist' split 'train'" in lines[0] and "pass --download" in lines[0]
-    assert not (tmp_path / "run" / "config.json").exists()
+    assert not (tmp_path / "run").exists()  # refused before anything is created
     builder = tfds.builder("mnist", data_dir=str(tmp_path))
     assert os.path.isdir(str(builder.code_path.parent))  # what download_and_prepare reads first
 

@@ -3,6 +3,7 @@ sha256, load it cached and offline; refuse tampered, truncated and unreachable d
 and leave the cache clean; the committed manifest is well formed."""
 
 import functools
+import json
 import http.server
 import os
 import threading
@@ -237,7 +238,7 @@ class EndlessHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm(published, tmp_path):
+def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm_or_ctrl_c(published, tmp_path):
     import signal
     import socket
     import subprocess
@@ -274,6 +275,22 @@ def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm
             time.sleep(0.05)
         child.send_signal(signal.SIGTERM)
         assert child.wait(timeout=60) == 128 + signal.SIGTERM
+        assert cached_files(cache) == []
+        # Ctrl-C on the command: the partial file goes, one line, exit 130, no traceback.
+        endless_manifest = json.loads(manifest_path.read_text())
+        endless_manifest["models"]["tiny_ffl"]["weights"]["size"] = 10**12
+        (tmp_path / "endless.json").write_text(json.dumps(endless_manifest))
+        child = subprocess.Popen([sys.executable, "-m", "keras_ffl.zoo", "download", "--name=tiny_ffl",
+                                  f"--manifest={tmp_path / 'endless.json'}", f"--cache_dir={cache}",
+                                  f"--base_url=http://127.0.0.1:{endless.server_address[1]}/"],
+                                 env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 120
+        while not [f for f in cached_files(cache) if os.path.getsize(cache / f) > 0]:
+            assert child.poll() is None and time.time() < deadline, child.stderr.read()[-2000:]
+            time.sleep(0.05)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(timeout=60) == 130
+        assert child.stderr.read().strip().splitlines() == ["interrupted"]
         assert cached_files(cache) == []
     finally:
         silent.close()
