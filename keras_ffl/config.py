@@ -386,8 +386,10 @@ def check_numbers(c):
         value = getattr(c, field.name)
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= largest):
             raise ConfigError(f"--{field.name} must be a finite float32 number (|x| <= {largest:.4g}), got {value}")
-    for lr, gamma, milestones in ((c.lr, c.lr_gamma, c.lr_milestones),
-                                  (c.feature_lr, c.lr_gamma, c.feature_lr_milestones)):
+    schedules = [(c.lr, c.lr_gamma, c.lr_milestones)]
+    if c.method == "afd":  # the only method with a second optimiser
+        schedules.append((c.feature_lr, c.lr_gamma, c.feature_lr_milestones))
+    for lr, gamma, milestones in schedules:
         peak = lr * max(gamma, 1.0) ** len(milestones)
         if not peak <= largest:
             raise ConfigError(f"--lr_gamma={gamma:g} over {len(milestones)} milestone(s) takes the learning rate {lr:g} "

@@ -150,6 +150,11 @@ def test_a_schedule_that_overflows_float32_is_refused_before_any_work():
     with pytest.raises(ConfigError, match="--lr_gamma=3e\\+38 over 2 milestone.* past float32's largest"):
         config_from_flags(parse_argv(["train", "--dataset=synthetic", "--lr=10", "--lr_gamma=3e38"])).validated()
     config_from_flags(parse_argv(["train", "--dataset=synthetic", "--lr=10", "--lr_gamma=1e10"])).validated()
+    # AFD's second schedule (2e-5, two milestones) too; other methods have none.
+    afd = ["train", "--dataset=synthetic", "--method=afd", "--lr_milestones=1", "--lr_gamma=1e38"]
+    with pytest.raises(ConfigError, match="takes the learning rate 2e-05 past"):
+        config_from_flags(parse_argv(afd)).validated()
+    config_from_flags(parse_argv(["train", "--dataset=synthetic", "--lr_milestones=1", "--lr_gamma=1e38"])).validated()
 
 
 @pytest.mark.parametrize("command,flag", [("export", "--tolerance=nan"), ("export", "--tolerance=0"),
