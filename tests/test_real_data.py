@@ -24,7 +24,9 @@ def test_ffl_learns_real_fashion_mnist(tmp_path, fashion_mnist_dir):
     )
     report = train(config)
     results = report["results"]
-    # Chance is 10%; two short epochs on 4k images reach 69-74% (measured on two CPUs).
+    # Learned: chance is 10%.  Two short epochs on 4k images reached 69-74% here (two CPUs), but
+    # the same run's seeds spread over 58-73% on JAX (test_jax_runs.py): a threshold at 60 sits
+    # inside that spread, and rounding on another CPU moves a run as another seed does.
     for part in ("net0", "net1", "ensemble", "fused"):
-        assert results[part]["top1"] > 60.0, (part, results[part])
+        assert results[part]["top1"] > 40.0, (part, results[part])
     assert results["S-avg"]["top1"] == pytest.approx((results["net0"]["top1"] + results["net1"]["top1"]) / 2)
