@@ -11,9 +11,10 @@ def run_main(body, backend_from_flags=False, keras_now=True):
     """Runs ``body()`` (which returns 0) and maps failures to exit codes.
 
     0 success or --help; 2 bad input (flags, configuration, data); 1 training diverged or the
-    run directory could not be written; 130 Ctrl-C (one line, no traceback).  Unless the entry point chooses the backend from its
-    own flags (``backend_from_flags``), Keras is pointed at an installed backend first: it
-    picks one once, on import, and would otherwise try TensorFlow where only JAX is installed.
+    run directory could not be written; 130 Ctrl-C (one line, no traceback).  Unless the entry
+    point chooses the backend from its own flags (``backend_from_flags``), Keras is pointed at
+    an installed backend first: it picks one once, on import, and would otherwise try
+    TensorFlow where only JAX is installed.
     With ``keras_now`` it is also imported then, quietly: TensorFlow 2.21 prints its C++
     start-up lines (oneDNN, absl) whatever ``TF_CPP_MIN_LOG_LEVEL`` says.
     """

@@ -577,7 +577,8 @@ def tfds_prepared(name, data_dir):
 def check_download_possible(c):
     """A built-in dataset not on disk that would be downloaded: refused in one line, before
     anything is created, when it cannot be (ImageNet without --manual_dir; CIFAR with its host
-    unreachable, where tfds would retry for minutes).  Without --download, the load says so."""
+    unreachable, where tfds would retry for minutes; ``tfds:NAME`` offline or without
+    --download).  A built-in one without --download: the load says so."""
     spec = c.dataset_spec
     where = c.data_dir or "tfds's data_dir (~/tensorflow_datasets)"
     if spec.source == "tfds_images":

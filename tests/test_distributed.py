@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import disagreements, method_inputs, random_batch, tiny_config
+from helpers import disagreements, method_inputs, random_batch, temperature_of, tiny_config
 from keras_ffl.build import build_model, compile_model, set_precision
 
 #: Largest relative difference (``helpers.disagreements``) allowed between the float64 runs
@@ -97,25 +97,29 @@ def state_of(model):
 )
 def test_one_and_two_replicas_take_the_same_steps(mirrored, overrides):
     # Two steps with momentum: the optimisers' states must match too.
-    initial, (history1, model1), (history2, model2) = single_and_mirrored(mirrored, overrides)
-    temperature = overrides.get("temperature", 3.0)
-    worst = disagreements({**logged(history2), **state_of(model2)}, {**logged(history1), **state_of(model1)},
-                          temperature)
-    print(f"{overrides}: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
+    initial, one, two = single_and_mirrored(mirrored, overrides)
+    worst = replica_disagreements(one, two, overrides, f"{overrides}")
     assert worst[0][0] <= REPLICA_AGREEMENT, worst[:5]
-    moved = sum(not np.allclose(a, start) for a, start in zip(model1.get_weights(), initial))
+    moved = sum(not np.allclose(a, start) for a, start in zip(one[1].get_weights(), initial))
     assert moved > len(initial) // 2  # the steps did update weights and BN statistics
 
 
-def logged(history):
-    """The logged losses (``kd_*`` named as ``kl_scales`` expects), not the accuracies."""
-    return {name: values[0] for name, values in history.items() if not name.startswith(("acc", "top5"))}
+def replica_disagreements(one, two, overrides, what):
+    """``helpers.disagreements`` of the 2-replica run's logged losses and state against the
+    1-replica run's (each a ``(history, model)``), printing the largest."""
+
+    def losses_and_state(history, model):
+        losses = {name: values[0] for name, values in history.items() if not name.startswith(("acc", "top5"))}
+        return {**losses, **state_of(model)}
+
+    worst = disagreements(losses_and_state(*two), losses_and_state(*one), temperature_of(overrides))
+    print(f"{what}: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
+    return worst
 
 
 def test_unsynchronised_batchnorm_differs_across_replicas(mirrored):
     """Why --sync_bn exists, and a planted defect the comparison above must catch: per-replica
     statistics give a different step."""
-    _, (history1, model1), (history2, model2) = single_and_mirrored(mirrored, {}, sync_bn=False, steps=1)
-    worst = disagreements({**logged(history2), **state_of(model2)}, {**logged(history1), **state_of(model1)}, 3.0)
-    print(f"unsynchronised BatchNorm: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
+    _, one, two = single_and_mirrored(mirrored, {}, sync_bn=False, steps=1)
+    worst = replica_disagreements(one, two, {}, "unsynchronised BatchNorm")
     assert worst[0][0] > 1000 * REPLICA_AGREEMENT, worst[:3]
