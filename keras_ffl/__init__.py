@@ -53,7 +53,7 @@ def __dir__():
 
 # ------------------------------------------------------------ Keras registration
 #: The modules whose import registers keras_ffl's serialisable classes with Keras.
-_SERIALIZABLE = ("keras_ffl.layers", "keras_ffl.backbones", "keras_ffl.optimizers", "keras_ffl.methods")
+_SERIALIZABLE = ("keras_ffl.layers", "keras_ffl.backbones", "keras_ffl.optimizers", "keras_ffl.methods.models")
 
 
 class _Registration(importlib.abc.MetaPathFinder):
@@ -99,7 +99,7 @@ class _Registration(importlib.abc.MetaPathFinder):
             import warnings
 
             warnings.warn(f"keras_ffl could not register its classes with Keras ({type(e).__name__}: {e}); "
-                          ".keras files of keras_ffl models need 'import keras_ffl.methods' first", stacklevel=2)
+                          ".keras files of keras_ffl models need 'import keras_ffl.methods.models' first", stacklevel=2)
 
 
 class _Tracked(importlib.abc.Loader):

@@ -22,6 +22,11 @@ INSTALL = {"tensorflow": "pip install 'keras-ffl[cpu]' (or [gpu])", "jax": "pip 
            "torch": "pip install torch"}
 
 
+def quiet_tensorflow():
+    """Hide TensorFlow's C++ info logs (call before TensorFlow is imported)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def installed(name):
     """Whether the package of backend ``name`` can be imported here (without importing it)."""
     try:

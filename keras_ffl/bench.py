@@ -31,25 +31,20 @@ from absl import flags
 
 from keras_ffl.cli import run_main
 from keras_ffl.config import Config, ConfigError, parse_argv
+from keras_ffl.methods import registry
 
-#: ``--suite``: every method at batch 128 on ResNet-32-sized networks, as the papers use them.
-SUITE = (
-    dict(method="vanilla", backbones=("resnet32",), num_branches=1),
-    dict(method="ffl", backbones=("resnet32",), num_branches=2),
-    dict(method="dml", backbones=("resnet32",), num_branches=2),
-    dict(method="one", backbones=("resnet32",), num_branches=3),
-    dict(method="afd", backbones=("resnet32",), num_branches=2),
-    dict(method="ffcl", backbones=("resnet32",), num_branches=2),
-    dict(method="cl_ilr", backbones=("resnet32",), num_branches=4),
-    dict(method="okddip", backbones=("resnet32",), num_branches=4),
-    dict(method="kdcl", backbones=("resnet32",), num_branches=2),
-    dict(method="mcl_okd", backbones=("resnet32",), num_branches=4),
-    dict(method="pcl", backbones=("resnet32",), num_branches=3),
-)
+def suite():
+    """``--suite``: every method that trains from data alone, at batch 128 on ResNet-32-sized
+    networks with its own default number of sub-networks (the baseline: one network), as the
+    papers use them; the baseline first."""
+    declarations = registry.declarations().values()
+    ordered = sorted(declarations, key=lambda d: not d.BASELINE)
+    return tuple(dict(method=d.NAME, backbones=("resnet32",), num_branches=d.MIN_BRANCHES if d.BASELINE else
+                      d.DEFAULT_BRANCHES) for d in ordered if d.STANDALONE)
 
 
 def define_flags(flag_values):
-    flags.DEFINE_string("method", "ffl", "Method to time.", flag_values=flag_values)
+    flags.DEFINE_string("method", registry.DEFAULT, "Method to time.", flag_values=flag_values)
     flags.DEFINE_list("backbones", ["resnet32"], "Backbone(s), as for training.", flag_values=flag_values)
     flags.DEFINE_integer("num_branches", 2, "Sub-networks K.", flag_values=flag_values)
     flags.DEFINE_string("topology", "auto", "auto, shared or independent.", flag_values=flag_values)
@@ -85,7 +80,7 @@ def bench_config(method, backbones, num_branches, batch_size, steps, topology="a
 
 def ce_only_config(config):
     """The same networks, sharing the same trunk, trained with cross-entropy alone."""
-    return bench_config("vanilla", config.backbones, config.num_branches, config.batch_size,
+    return bench_config(registry.baseline(), config.backbones, config.num_branches, config.batch_size,
                         max(config.train_examples // config.batch_size, 1), config.topology,
                         config.mixed_precision, config.jit_compile, config.backend)
 
@@ -294,7 +289,7 @@ def main(argv=None):
         backends = [resolve(b) for b in fv.backend] if fv.backend else [resolve()]
         common = dict(batch_size=fv.batch_size, steps=fv.steps, mixed_precision=fv.mixed_precision,
                       jit_compile=fv.jit_compile)
-        specs = SUITE if fv.suite else (dict(method=fv.method, backbones=tuple(fv.backbones),
+        specs = suite() if fv.suite else (dict(method=fv.method, backbones=tuple(fv.backbones),
                                              num_branches=fv.num_branches, topology=fv.topology),)
         # Every configuration validated before any work; backends alternate per method.
         configs = [bench_config(**spec, **common, backend=b) for spec in specs for b in backends]

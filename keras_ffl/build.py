@@ -1,16 +1,20 @@
 """``build(config)``: the one way a model, its optimiser and its data come from a Config.
 
-train, evaluate, zoo, export, bench and reproduce all go through here; the methods know
-nothing of a Config.  Each method's constructor arguments come from ``METHOD_OPTIONS``,
-its extra ``compile`` arguments from ``COMPILE_EXTRAS`` and what it loads before training
-from ``WARM_STARTS``.  Call inside the distribution scope when distributing.
+train, evaluate, zoo, export, bench and reproduce all go through here; the models know
+nothing of a Config.  What is a method's own (its constructor arguments, extra ``compile``
+arguments, what it loads before training, what it asks of the data) comes from its
+declaration, ``config.options`` (``keras_ffl.methods.<name>_options``), through the hooks
+``model_arguments``, ``compile_arguments``, ``warm_start`` and ``data_needs``; this module
+names no method.  Call inside the distribution scope when distributing.
 """
+
+import dataclasses
 
 import keras
 
 from keras_ffl import distribute
 from keras_ffl.backbones import get_backbone
-from keras_ffl.methods import METHODS
+from keras_ffl.methods import registry
 
 
 def set_precision(policy):
@@ -41,53 +45,37 @@ def use_sync_bn(config):
 
 
 # --------------------------------------------------------------- method arguments
-def load_teacher(teacher_dir, part):
-    """Rebuilds a finished run from its model_dir and returns ``part`` as images -> logits."""
+def load_part(model_dir, part, flag="part"):
+    """A finished run rebuilt from its model_dir, ``part`` as images -> logits (offline KD's
+    teacher)."""
     from keras_ffl.errors import ConfigError
 
-    model, config = load_run(teacher_dir)
+    model, config = load_run(model_dir)
     try:
         return part_model(model, config, part)
     except ConfigError as e:
-        raise ConfigError(f"--teacher_part={part}: {e}") from None
+        raise ConfigError(f"--{flag}={part}: {e}") from None
 
 
-def _ffl_options(c):
-    return dict(fusion_channels=c.fusion_channels or None, fusion=c.fusion, fusion_weight_decay=c.fusion_weight_decay,
-                ensemble_kd=c.ensemble_kd, fusion_kd=c.fusion_kd, sync_bn=use_sync_bn(c))
+def load_networks(model_dir):
+    """The sub-networks of a finished run (FFCL's frozen teachers)."""
+    model, _ = load_run(model_dir)
+    return model.branches
 
 
-def _ffcl_options(c):
-    return dict(feature_knowledge=c.feature_knowledge, response_knowledge=c.response_knowledge,
-                regularization_knowledge=c.regularization_knowledge, fusion_layer=c.fusion_layer,
-                fusion_channels=c.fusion_channels or None, fusion_weight_decay=c.fusion_weight_decay,
-                ensemble_kd=c.ensemble_kd, sync_bn=use_sync_bn(c))
+@dataclasses.dataclass(frozen=True)
+class MethodContext:
+    """What a method's build hooks get from here, so that no method imports build."""
+
+    sync_bn: bool
+    train_size: int
+    load_part = staticmethod(load_part)
+    load_networks = staticmethod(load_networks)
+    step_schedule = staticmethod(lambda *args: step_schedule(*args))
 
 
-#: method -> Config -> its own constructor arguments.
-METHOD_OPTIONS = {
-    "ffl": _ffl_options,
-    "dml": lambda c: dict(update=c.dml_update),
-    "one": lambda c: dict(sync_bn=use_sync_bn(c)),
-    "afd": lambda c: dict(mode=c.afd_mode, feature_weight_decay=c.feature_weight_decay, sync_bn=use_sync_bn(c)),
-    "ffcl": _ffcl_options,
-    "vanilla": lambda c: {},
-    "kd": lambda c: dict(teacher=load_teacher(c.teacher_dir, c.teacher_part)),
-    "cl_ilr": lambda c: dict(preset=c.cl_ilr_preset),
-    "okddip": lambda c: dict(leader=c.okddip_leader),
-    "kdcl": lambda c: dict(teacher=c.kdcl_teacher, ce_weight=c.ce_weight, kd_weight=c.kd_weight),
-    "mcl_okd": lambda c: dict(memory_size=train_size_of(c), embed_dim=c.embed_dim, nce_k=c.nce_k, nce_t=c.nce_t,
-                              nce_m=c.nce_m, ce_weight=c.ce_weight, kd_weight=c.kd_weight,
-                              contrastive_weight=c.contrastive_weight),
-    "pcl": lambda c: dict(ema_decay=c.ema_decay),
-}
-
-#: method -> Config -> what it asks of its training batches (``keras_ffl.data.load_data``).
-DATA_NEEDS = {
-    "kdcl": lambda c: dict(views=c.num_branches, holdout=c.kdcl_holdout),
-    "pcl": lambda c: dict(views=c.num_branches),
-    "mcl_okd": lambda c: dict(with_index=True, negatives=c.nce_k),
-}
+def method_context(config):
+    return MethodContext(sync_bn=use_sync_bn(config), train_size=train_size_of(config))
 
 
 def train_size_of(config):
@@ -98,40 +86,16 @@ def train_size_of(config):
     size = spec.train_size or 1024  # generated data: 1024 unless --train_examples
     size = min(config.train_examples, size) if config.train_examples and spec.train_size else \
         (config.train_examples or size)
-    return size - config.kdcl_holdout
-
-
-def _afd_compile_extras(c, steps_per_epoch):
-    """AFD's feature optimiser: Adam, lr 2e-5 x0.1 at epochs 75 and 150 (paper 003 Sec. 4)."""
-    if c.afd_mode == "kd":
-        return {}
-    schedule = step_schedule(c.feature_lr, c.feature_lr_milestones, c.lr_gamma, steps_per_epoch)
-    return {"feature_optimizer": keras.optimizers.Adam(learning_rate=schedule)}
-
-
-#: method -> (Config, steps per epoch) -> extra ``compile`` arguments.
-COMPILE_EXTRAS = {"afd": _afd_compile_extras}
-
-
-def _ffcl_warm_start(model, config):
-    """Before training: the frozen NRK teachers get the pre-trained run's networks."""
-    if model.regularization_knowledge:
-        pretrained, _ = load_run(config.pretrained_dir)
-        model.load_pretrained(pretrained.branches)
-
-
-#: method -> (model, Config) -> what training loads before its first step.  Evaluation, zoo
-#: and export get everything from the run's own weights.
-WARM_STARTS = {"ffcl": _ffcl_warm_start}
+    return size - config.options.data_needs(config).get("holdout", 0)
 
 
 # --------------------------------------------------------------------- the model
 def trunk_split(config):
-    """The split point a shared trunk ends at: ``--split``, else MCL-OKD's early one, else the
-    backbone's default (ONE's)."""
+    """The split point a shared trunk ends at: ``--split``, else the method's own (MCL-OKD's
+    early one), else the backbone's default (ONE's)."""
     from keras_ffl.specs import early_split
 
-    split = config.split or ("early" if config.method == "mcl_okd" else "")
+    split = config.split or config.declaration.DEFAULT_SPLIT
     return early_split(config.backbones[0]) if split == "early" else (split or None)
 
 
@@ -146,7 +110,7 @@ def build_subnetworks(config, num_classes, image_shape):
             get_backbone(name, sync_bn=sync_bn).build_network(image_shape, num_classes, name=f"net{k}")
             for k, name in enumerate(names)]}
     backbone = get_backbone(names[0], sync_bn=sync_bn)
-    if config.method == "cl_ilr" and config.cl_ilr_preset == "mcl_okd":  # the hierarchy of forks
+    if config.options.shared_layout(config) == "tree":  # a hierarchy of forks (CL-ILR's)
         early = early_split(names[0])
         root = backbone.build_trunk(image_shape, name="trunk", split=early)
         root_shape = tuple(root.output.shape[1:])
@@ -169,7 +133,7 @@ def build_model(config, num_classes, image_shape):
     """The method model of a Config, every variable created."""
     networks = build_subnetworks(config, num_classes, image_shape)
     branches, trunk = networks.pop("branches"), networks.pop("trunk")
-    return METHODS[config.method](
+    return registry.model_class(config.method)(
         branches,
         num_classes,
         trunk=trunk,
@@ -178,7 +142,7 @@ def build_model(config, num_classes, image_shape):
         rampup_epochs=config.rampup_epochs,
         weight_decay=config.weight_decay,
         name=config.method,
-        **METHOD_OPTIONS[config.method](config),
+        **config.options.model_arguments(config, method_context(config)),
     )
 
 
@@ -231,9 +195,8 @@ def jit_setting(config):
 def compile_model(model, config, steps_per_epoch):
     """Compiles (which builds every optimiser variable: restored checkpoints and
     MirroredStrategy both need them before ``fit``)."""
-    extras = COMPILE_EXTRAS.get(config.method)
     model.compile(optimizer=build_optimizer(config, steps_per_epoch), jit_compile=jit_setting(config),
-                  **(extras(config, steps_per_epoch) if extras else {}))
+                  **config.options.compile_arguments(config, steps_per_epoch, method_context(config)))
     return model
 
 
@@ -282,6 +245,11 @@ def load_run(model_dir, weights="", run_precision=False, **overrides):
     return model, config
 
 
+def warm_start(model, config):
+    """What the method loads before its first step (FFCL's pre-trained teachers)."""
+    config.options.warm_start(model, config, method_context(config))
+
+
 def initialize_from(model, init_dir):
     """Sub-network k takes the weights of network k of the finished run in ``init_dir``
     (checked to match by the config)."""
@@ -319,8 +287,7 @@ def build(config, splits=("train", "test"), shard=(0, 1)):
     and statistics): the one to save and to rebuild the run from."""
     from keras_ffl.data import load_data
 
-    needs = DATA_NEEDS.get(config.method)
-    data = load_data(config, splits, shard=shard, **(needs(config) if needs else {}))
+    data = load_data(config, splits, shard=shard, **config.options.data_needs(config))
     if config.mixed_precision == "float64":
         model = build_model_from_float32_draws(data.config, data.num_classes, data.image_shape)
     else:

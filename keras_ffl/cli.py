@@ -3,7 +3,7 @@
 import sys
 
 from keras_ffl import backend
-from keras_ffl.config import quiet_tensorflow
+from keras_ffl.backend import quiet_tensorflow
 from keras_ffl.errors import ConfigError, DataError, HelpRequested, ResumeError, WriteError
 
 

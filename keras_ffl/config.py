@@ -1,9 +1,11 @@
 """The one configuration path: flags -> ``Config`` (frozen, validated once) -> model_dir/config.json.
 
-Every entry point (train, evaluate, and later zoo, export, bench) builds from a
-``Config``; a trained run is its model_dir, whose config.json plus weights rebuild it.
-Flag definitions are generated from the dataclass fields, so a setting exists in exactly
-one place.
+Every entry point (train, evaluate, zoo, export, bench, reproduce) builds from a ``Config``;
+a trained run is its model_dir, whose config.json plus weights rebuild it.  A Config holds
+the general settings (data, schedule, devices, model_dir) and ``options``, the settings of
+its method, declared beside the method (``keras_ffl.methods.<name>_options``, listed by
+``keras_ffl.methods.registry``).  Flags are generated from both, so a setting exists in
+exactly one place; config.json keeps the method's settings under the method's name.
 """
 
 import dataclasses
@@ -14,17 +16,15 @@ from absl import flags
 
 from keras_ffl import specs
 from keras_ffl.errors import ConfigError, HelpRequested  # noqa: F401 - re-exported
+from keras_ffl.files import atomic_write_text  # noqa: F401 - re-exported for older imports
+from keras_ffl.methods import registry
+from keras_ffl.methods.declaration import check_value, settings_of
 
 
-def quiet_tensorflow():
-    """Hide TensorFlow's C++ info logs (call before TensorFlow is imported)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, init=False)
 class Config:
     # What to train.
-    method: str = "ffl"
+    method: str = registry.DEFAULT
     backbones: tuple = ("resnet32",)
     num_branches: int = 0
     topology: str = "auto"
@@ -53,52 +53,11 @@ class Config:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4
-    # Distillation (0 and -1: the method's own, from its paper or code; see specs.METHODS).
+    # Distillation, every method's (0 and -1: the method's own, from its paper or code).
     temperature: float = 0.0
     rampup_epochs: int = -1
-    # FFL.
-    fusion: str = "module"
-    fusion_channels: int = 0
-    fusion_weight_decay: float = -1.0  # -1: the method's own (specs.METHODS)
-    ensemble_kd: bool = True
-    fusion_kd: bool = True
-    # DML.
-    dml_update: str = "synchronous"
-    # AFD.
-    afd_mode: str = "full"
-    feature_lr: float = 2e-5
-    feature_lr_milestones: tuple = (75, 150)
-    feature_weight_decay: float = 0.1
-    # Offline KD.
-    teacher_dir: str = ""
-    teacher_part: str = "net0"
-    # FFCL.
-    feature_knowledge: bool = True
-    response_knowledge: bool = True
-    regularization_knowledge: bool = True
-    fusion_layer: str = "middle"
-    pretrained_dir: str = ""
-    pretrain_epochs: int = 0
     # Where shared-trunk methods split the network ("" = the method's own choice).
     split: str = ""
-    # CL-ILR.
-    cl_ilr_preset: str = "mcl_okd"
-    # OKDDip.
-    okddip_leader: bool = True
-    # KDCL and MCL-OKD: loss weights.
-    ce_weight: float = 1.0
-    kd_weight: float = 1.0
-    # KDCL.
-    kdcl_teacher: str = "minlogit"
-    kdcl_holdout: int = 0
-    # MCL-OKD.
-    nce_k: int = 16384
-    nce_t: float = 0.1
-    nce_m: float = 0.5
-    embed_dim: int = 128
-    contrastive_weight: float = 0.025
-    # PCL.
-    ema_decay: float = 0.999
     # Initialisation.
     init_dir: str = ""
     # What the data itself gives a folder or tfds:NAME dataset, filled in when it is first read
@@ -121,8 +80,37 @@ class Config:
     mixed_precision: str = "none"
     jit_compile: str = "auto"
     verbose: int = 1
+    # The method's own settings: an instance of its registered options dataclass.
+    options: object = None
+
+    def __init__(self, **values):
+        """``Config(method="kdcl", teacher="linear", epochs=1)``: general settings by name, the
+        method's by their names in its declaration (or their older flag names); or
+        ``options=`` a whole options object of the method."""
+        general = {f.name: f for f in dataclasses.fields(Config)}
+        for name, field in general.items():
+            object.__setattr__(self, name, values.pop(name) if name in values else field.default)
+        declaration = registry.find(self.method)
+        if declaration is None:  # reported by ``validated`` with the choices
+            if values or self.options is not None:
+                raise ConfigError(f"unknown --method '{self.method}'{registry.suggestion(self.method, registry.NAMES)}")
+            return
+        options = self.options
+        if options is None:
+            options = declaration()
+        elif type(options) is not declaration:
+            raise ConfigError(f"the settings of --method={getattr(options, 'NAME', '?')} were given for "
+                              f"--method={self.method}")
+        if values:
+            options = dataclasses.replace(options, **declaration.converted(values))
+        object.__setattr__(self, "options", options)
 
     # ------------------------------------------------------------- derived values
+    @property
+    def declaration(self):
+        """The method's registered options class."""
+        return registry.get(self.method)
+
     @property
     def branch_backbones(self):
         """One backbone name per sub-network (call on a validated config)."""
@@ -164,168 +152,102 @@ class Config:
 
     # ----------------------------------------------------------------- validation
     def with_method_distillation_defaults(self):
-        """The method's own temperature, ramp-up and fusion decay where none was given (the one
-        default the Python class uses too); an explicit value, or one already resolved, stays."""
-        temperature, rampup_epochs = specs.distillation_defaults(self.method, self.cl_ilr_preset)
+        """The method's own temperature and ramp-up where none was given (the one default the
+        Python class uses too); an explicit value, or one already resolved, stays."""
+        temperature, rampup_epochs = self.options.distillation_defaults()
         changes = {}
         if self.temperature == 0.0:
             changes["temperature"] = temperature
         if self.rampup_epochs == -1:
             changes["rampup_epochs"] = rampup_epochs
-        if self.fusion_weight_decay == -1.0:
-            spec = specs.METHODS.get(self.method)
-            changes["fusion_weight_decay"] = spec.fusion_weight_decay if spec else 1e-5
         return dataclasses.replace(self, **changes) if changes else self
 
     def validated(self, check_data=True):
         """Returns a copy with ``auto`` values resolved; raises ConfigError on any problem."""
         c = self
+        method = registry.get(c.method)
         check_numbers(c)
-        if c.method not in specs.METHODS:
-            raise ConfigError(f"unknown --method '{c.method}': choose from {', '.join(sorted(specs.METHODS))}")
-        method = specs.METHODS[c.method]
         c = c.with_method_distillation_defaults()
-        if not c.backbones:
-            raise ConfigError("--backbones is empty: give one backbone (copied per branch) or one per sub-network")
-        try:
-            canonical = tuple(specs.parse_backbone(b).name for b in c.backbones)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        if len(canonical) > 1:
-            if c.num_branches not in (0, len(canonical)):
-                raise ConfigError(
-                    f"--num_branches={c.num_branches} but --backbones lists {len(canonical)} networks: "
-                    "give one backbone per sub-network, or one backbone and --num_branches"
-                )
-            num_branches = len(canonical)
-        else:
-            num_branches = c.num_branches or method.default_branches
-        if num_branches < method.min_branches:
-            raise ConfigError(f"--method={c.method} needs at least {method.min_branches} sub-networks, got {num_branches}")
-        homogeneous = len(set(canonical)) == 1
-        if method.same_architecture and not homogeneous:
-            raise ConfigError(
-                f"--method={c.method} needs the same architecture for every branch, got {', '.join(canonical)}"
-            )
-        topology = c.topology
-        if topology == "auto":
-            topology = "shared" if homogeneous and method.topologies[0] == "shared" else "independent"
-        if topology not in method.topologies:
-            raise ConfigError(f"--method={c.method} does not support --topology={topology}")
-        if topology == "shared" and not homogeneous:
-            raise ConfigError(
-                f"--topology=shared needs one architecture, got {', '.join(canonical)}: use --topology=independent"
-            )
-        if c.method == "kd":
-            check_teacher(c)
-        check_comparison_methods(c, canonical, topology)
-        if c.method == "ffcl":
-            if not (c.feature_knowledge or c.response_knowledge or c.regularization_knowledge):
-                raise ConfigError(
-                    "--method=ffcl with --nofeature_knowledge --noresponse_knowledge --noregularization_knowledge "
-                    "is plain cross-entropy: use --method=vanilla"
-                )
-            if c.fusion != "module":
-                raise ConfigError("--fusion=average is FFL's ablation; FFCL fuses with the module")
-            if c.pretrained_dir and not c.regularization_knowledge:
-                raise ConfigError("--pretrained_dir is only used with --regularization_knowledge")
-        elif c.pretrained_dir:
-            raise ConfigError("--pretrained_dir is only used by --method=ffcl")
+        canonical, num_branches, topology = check_networks(c, method)
         c = check_dataset(c, check_data)
-        positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
-        for name, value in positive.items():
-            if value <= 0:
-                raise ConfigError(f"--{name} must be positive, got {value}")
-        for name in ("train_examples", "test_examples", "steps_per_epoch", "validation_freq", "rampup_epochs",
-                     "fusion_channels", "pretrain_epochs", "kdcl_holdout"):
-            if getattr(c, name) < 0:
-                raise ConfigError(f"--{name} must be >= 0, got {getattr(c, name)}")
-        if c.lr <= 0 or c.temperature <= 0:
-            raise ConfigError("--lr and --temperature must be positive")
-        if c.weight_decay < 0 or c.fusion_weight_decay < 0:
-            raise ConfigError("weight decays must be >= 0")
-        for name in ("lr_milestones", "feature_lr_milestones"):
-            milestones = list(getattr(c, name))
-            if milestones != sorted(set(milestones)) or any(m <= 0 for m in milestones):
-                raise ConfigError(f"--{name} must be increasing positive epochs, got {milestones}")
-        if c.feature_lr <= 0 or c.feature_weight_decay < 0:
-            raise ConfigError("--feature_lr must be positive and --feature_weight_decay >= 0")
-        if c.fusion == "average":
-            channels = {specs.parse_backbone(b).feature_channels for b in canonical}
-            if len(channels) > 1:
-                raise ConfigError(
-                    f"--fusion=average needs equal feature channels, got {sorted(channels)}: use --fusion=module"
-                )
+        check_general(c)
+        check_split(c, method, canonical, topology)
         from keras_ffl.backend import resolve
 
         backend = resolve(c.backend)
         if c.strategy == "default" and c.cpu_devices > 1:
             raise ConfigError("--cpu_devices splits the CPU for --strategy=mirrored; it does nothing with default")
         check_cluster(c, backend)
-        data_dir = c.data_dir
         if c.manual_dir:
             if c.dataset_spec.source not in ("tfds", "tfds_images"):
                 raise ConfigError(f"--manual_dir is for tfds datasets; {c.dataset} does not use it")
             if check_data and not os.path.isdir(c.manual_dir):
                 raise ConfigError(f"--manual_dir {c.manual_dir} does not exist")
         if check_data:
-            check_data_dir(c.dataset, data_dir or c.dataset_spec.default_data_dir)
+            check_data_dir(c.dataset, c.data_dir or c.dataset_spec.default_data_dir)
         model_dir = c.model_dir or os.path.join("runs", f"{c.method}_{'-'.join(canonical)}_{c.dataset}")
-        pretrained_dir = c.pretrained_dir
-        if c.method == "ffcl" and c.regularization_knowledge:
-            if not pretrained_dir:
-                pretrained_dir = os.path.join(model_dir, PRETRAIN_SUBDIR)
-            elif check_data:
-                check_trained_networks("pretrained_dir", c.pretrained_dir, c.dataset, canonical, num_branches)
+        c = dataclasses.replace(c, backbones=canonical, num_branches=num_branches, topology=topology,
+                                lr_milestones=tuple(int(m) for m in c.lr_milestones), model_dir=model_dir,
+                                backend=backend)
+        options = c.options.checked().validated(c, check_data)
+        if c.options.data_needs(c) and c.dataset_spec.shuffle_window > 0:
+            raise ConfigError(f"--method={c.method} needs per-example views or indices, which the in-memory pipeline "
+                              f"gives: {c.dataset} is streamed")
+        c = dataclasses.replace(c, options=options)
+        if check_data:
+            for required in options.required_runs(c):
+                check_required_run(c, required)
         if c.init_dir:
             if topology != "independent":
                 raise ConfigError("--init_dir starts independent networks from a finished run: use "
                                   "--topology=independent")
             if check_data:
                 check_trained_networks("init_dir", c.init_dir, c.dataset, canonical, num_branches)
-        return dataclasses.replace(
-            c,
-            backbones=canonical,
-            num_branches=num_branches,
-            topology=topology,
-            lr_milestones=tuple(int(m) for m in c.lr_milestones),
-            feature_lr_milestones=tuple(int(m) for m in c.feature_lr_milestones),
-            model_dir=model_dir,
-            pretrained_dir=pretrained_dir,
-            backend=backend,
-        )
+        return c
 
     def pretraining_config(self):
-        """FFCL's pre-training stage: the same networks, data and schedule trained alone with
-        CE (a vanilla run) into ``pretrained_dir``; None when the method needs none."""
-        if self.method != "ffcl" or not self.regularization_knowledge:
+        """The stage the method trains first (FFCL's peers alone with CE, a vanilla run, into its
+        ``pretrained_dir``), as a validated Config; None when the method has none."""
+        stage = self.options.pretraining(self)
+        if stage is None:
             return None
-        defaults = Config()
-        ffcl_fields = ("feature_knowledge", "response_knowledge", "regularization_knowledge", "fusion_layer",
-                       "pretrain_epochs", "pretrained_dir")
-        return dataclasses.replace(
-            self,
-            method="vanilla",
-            model_dir=self.pretrained_dir,
-            epochs=self.pretrain_epochs or self.epochs,
-            **{name: getattr(defaults, name) for name in ffcl_fields},
-        ).validated(check_data=False)
+        method, changes = stage
+        return dataclasses.replace(self, method=method, options=None, **changes).validated(check_data=False)
 
     # -------------------------------------------------------------- (de)serialise
     def to_dict(self):
-        d = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        """The general settings, and the method's under its name (``"ffl": {"fusion": ...}``)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "options"}
+        d = {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+        if self.options is not None:
+            d[self.method] = self.options.to_dict()
+        return d
 
     @classmethod
     def from_dict(cls, data):
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
+        """Reads to_dict's form, and config.json files written before methods had homes (every
+        method's settings flat beside the general ones)."""
+        data = dict(data)
+        general = {f.name for f in dataclasses.fields(cls)} - {"options"}
+        method = data.get("method", cls.method)
+        declarations = registry.declarations()
+        own = data.pop(method, None) if isinstance(data.get(method), dict) else None
+        old_names = {meta.old_flag for d in declarations.values() for _, meta in settings_of(d) if meta.old_flag}
+        declaration = declarations.get(method)
+        own_old = {meta.old_flag for _, meta in settings_of(declaration) if meta.old_flag} if declaration else set()
+        flat = {k: data.pop(k) for k in list(data) if k not in general and k in old_names}
+        unknown = sorted(set(data) - general)
         if unknown:
             raise ConfigError(f"unknown configuration keys: {', '.join(unknown)}")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         if isinstance(values.get("augment"), bool):  # config.json before augmentation recipes had names
             values["augment"] = "auto" if values["augment"] else "none"
-        return cls(**values)
+        settings = {k: v for k, v in flat.items() if k in own_old}  # other methods' flat defaults: not this run's
+        if settings.get("fusion_weight_decay") == -1.0:  # the old "the method's own" marker
+            del settings["fusion_weight_decay"]
+        settings.update(own or {})
+        settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+        return cls(**values, **settings)
 
     def save(self, path):
         atomic_write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
@@ -341,23 +263,98 @@ class Config:
             raise ConfigError(f"{path} is not valid JSON ({e})") from None
 
     def differences(self, other, ignore=("verbose", "download", "task_index", "backend")):
-        """Fields that differ; the data's own facts only where both know them; of
-        ``worker_hosts`` only how many workers there are (a restarted cluster resumes on
-        other hosts or ports)."""
+        """Settings that differ (the method's by their flag names); the data's own facts only
+        where both know them; of ``worker_hosts`` only how many workers there are (a restarted
+        cluster resumes on other hosts or ports)."""
 
         def compared(name, config):
             value = getattr(config, name)
             return len(value) if name == "worker_hosts" else value
 
-        return [
+        changed = [
             f.name
             for f in dataclasses.fields(self)
-            if f.name not in ignore and compared(f.name, self) != compared(f.name, other)
+            if f.name not in ignore and f.name != "options" and compared(f.name, self) != compared(f.name, other)
             and not (f.name in DATA_FACTS and not (getattr(self, f.name) and getattr(other, f.name)))
         ]
+        if self.method == other.method and self.options is not None:
+            changed += self.options.differences(other.options)
+        return changed
 
     def with_data_facts(self, **facts):
         return dataclasses.replace(self, **{k: tuple(v) if isinstance(v, list) else v for k, v in facts.items()})
+
+
+def check_networks(c, method):
+    """``(backbones, num_branches, topology)`` resolved against the method's limits."""
+    if not c.backbones:
+        raise ConfigError("--backbones is empty: give one backbone (copied per branch) or one per sub-network")
+    try:
+        canonical = tuple(specs.parse_backbone(b).name for b in c.backbones)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if len(canonical) > 1:
+        if c.num_branches not in (0, len(canonical)):
+            raise ConfigError(
+                f"--num_branches={c.num_branches} but --backbones lists {len(canonical)} networks: "
+                "give one backbone per sub-network, or one backbone and --num_branches"
+            )
+        num_branches = len(canonical)
+    else:
+        num_branches = c.num_branches or method.DEFAULT_BRANCHES
+    if num_branches < method.MIN_BRANCHES:
+        raise ConfigError(f"--method={c.method} needs at least {method.MIN_BRANCHES} sub-networks, got {num_branches}")
+    homogeneous = len(set(canonical)) == 1
+    if method.SAME_ARCHITECTURE and not homogeneous:
+        raise ConfigError(f"--method={c.method} needs the same architecture for every branch, got {', '.join(canonical)}")
+    topology = c.topology
+    if topology == "auto":
+        topology = "shared" if homogeneous and method.TOPOLOGIES[0] == "shared" else "independent"
+    if topology not in method.TOPOLOGIES:
+        raise ConfigError(f"--method={c.method} does not support --topology={topology}")
+    if topology == "shared" and not homogeneous:
+        raise ConfigError(f"--topology=shared needs one architecture, got {', '.join(canonical)}: use --topology=independent")
+    return canonical, num_branches, topology
+
+
+def check_general(c):
+    positive = {"epochs": c.epochs, "batch_size": c.batch_size, "eval_batch_size": c.eval_batch_size}
+    for name, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"--{name} must be positive, got {value}")
+    for name in ("train_examples", "test_examples", "steps_per_epoch", "validation_freq", "rampup_epochs"):
+        if getattr(c, name) < 0:
+            raise ConfigError(f"--{name} must be >= 0, got {getattr(c, name)}")
+    if c.lr <= 0 or c.temperature <= 0:
+        raise ConfigError("--lr and --temperature must be positive")
+    milestones = list(c.lr_milestones)
+    if milestones != sorted(set(milestones)) or any(m <= 0 for m in milestones):
+        raise ConfigError(f"--lr_milestones must be increasing positive epochs, got {milestones}")
+
+
+def check_split(c, method, backbones, topology):
+    """``--split`` names a split point of the backbone, for a shared trunk the method lets move."""
+    if not c.split:
+        return
+    if topology != "shared":
+        raise ConfigError("--split places a shared trunk: it needs --topology=shared")
+    if not method.ACCEPTS_SPLIT:
+        raise ConfigError(f"--split: --method={c.method} places its forks itself")
+    allowed = specs.split_names(backbones[0])
+    if c.split != "early" and c.split not in allowed:
+        raise ConfigError(f"--split={c.split}: {backbones[0]} splits at {', '.join(allowed)} or 'early'")
+
+
+def check_required_run(c, required):
+    """A finished run the method reads first (``RequiredRun``), on the same data."""
+    if not required.model_dir:
+        raise ConfigError(f"--{required.flag} is empty: give the model_dir of a finished run")
+    if required.same_networks:
+        check_trained_networks(required.flag, required.model_dir, c.dataset, c.backbones, c.num_branches)
+        return
+    run = trained_run_config(required.model_dir, f"--{required.flag} {required.model_dir}", required.remedy)
+    if run.dataset != c.dataset:
+        raise ConfigError(f"--{required.flag} was trained on {run.dataset}, this run uses {c.dataset}")
 
 
 #: Ranges of the general numeric settings: ``(low, high, low_open, high_open)``; None is no
@@ -378,31 +375,29 @@ NUMBER_RANGES = {
 
 
 def check_numbers(c):
-    """Every float field finite and every field of NUMBER_RANGES in its range, before any work."""
+    """Every float setting (general or the method's) finite in float32, every learning-rate
+    schedule too, and every general setting of NUMBER_RANGES in its range, before any work."""
     import math
 
+    from keras_ffl.methods.declaration import Setting
+
     largest = 3.4028234663852886e38  # float32's largest: training computes in float32, where 1e39 is inf
-    for field in dataclasses.fields(c):
-        value = getattr(c, field.name)
+    values = [(f.name, getattr(c, f.name)) for f in dataclasses.fields(c) if f.name != "options"]
+    if c.options is not None:
+        values += [(c.options.flag_name(f.name), getattr(c.options, f.name)) for f, _ in settings_of(type(c.options))]
+    for name, value in values:
         if isinstance(value, float) and not (math.isfinite(value) and abs(value) <= largest):
-            raise ConfigError(f"--{field.name} must be a finite float32 number (|x| <= {largest:.4g}), got {value}")
+            raise ConfigError(f"--{name} must be a finite float32 number (|x| <= {largest:.4g}), got {value}")
     schedules = [(c.lr, c.lr_gamma, c.lr_milestones)]
-    if c.method == "afd":  # the only method with a second optimiser
-        schedules.append((c.feature_lr, c.lr_gamma, c.feature_lr_milestones))
+    if c.options is not None:
+        schedules += [(lr, gamma, milestones) for _, lr, gamma, milestones in c.options.learning_rate_schedules(c)]
     for lr, gamma, milestones in schedules:
         peak = lr * max(gamma, 1.0) ** len(milestones)
         if not peak <= largest:
             raise ConfigError(f"--lr_gamma={gamma:g} over {len(milestones)} milestone(s) takes the learning rate {lr:g} "
                               f"past float32's largest number ({largest:.4g})")
-    for name, (low, high, low_open, high_open) in NUMBER_RANGES.items():
-        value = getattr(c, name, None)
-        if value is None or isinstance(value, bool):
-            continue
-        if (low is not None and (value < low or (low_open and value == low))) or (
-                high is not None and (value > high or (high_open and value == high))):
-            closing = ")" if high_open or high is None else "]"
-            span = f"{'(' if low_open else '['}{low}, {'inf' if high is None else high}{closing}"
-            raise ConfigError(f"--{name} must be in {span}, got {value}")
+    for name, bounds in NUMBER_RANGES.items():
+        check_value(name, getattr(c, name), Setting("", bounds=bounds))
 
 
 #: Config fields the data gives (not flags): kept in config.json once known.
@@ -460,36 +455,6 @@ def check_tfds_name(name):
     except Exception as e:  # noqa: BLE001 - tfds raises its own DatasetNotFoundError and others
         raise ConfigError(f"--dataset=tfds:{name}: {str(e).splitlines()[0] if str(e) else 'not a tfds dataset'}") \
             from None
-
-
-def check_comparison_methods(c, backbones, topology):
-    """Settings of CL-ILR, OKDDip, KDCL, MCL-OKD and PCL, and the trunk split."""
-    if c.split:
-        if topology != "shared":
-            raise ConfigError("--split places a shared trunk: it needs --topology=shared")
-        if c.method == "cl_ilr":
-            raise ConfigError("--split: CL-ILR's presets place their forks (ONE's split; the tree also the early one)")
-        allowed = specs.split_names(backbones[0])
-        if c.split != "early" and c.split not in allowed:
-            raise ConfigError(f"--split={c.split}: {backbones[0]} splits at {', '.join(allowed)} or 'early'")
-    streamed = c.dataset_spec.shuffle_window > 0
-    if c.method in ("kdcl", "pcl", "mcl_okd") and streamed:
-        raise ConfigError(f"--method={c.method} needs per-example views or indices, which the in-memory pipeline "
-                          f"gives: {c.dataset} is streamed")
-    if c.method == "kdcl":
-        if c.kdcl_teacher == "general" and c.kdcl_holdout <= 0:
-            raise ConfigError("--kdcl_teacher=general needs --kdcl_holdout, the training images held out to weigh "
-                              "the networks")
-        if c.kdcl_teacher != "general" and c.kdcl_holdout:
-            raise ConfigError("--kdcl_holdout is for --kdcl_teacher=general")
-    elif c.kdcl_holdout:
-        raise ConfigError("--kdcl_holdout is for --method=kdcl")
-    if c.ce_weight < 0 or c.kd_weight < 0 or c.contrastive_weight < 0:
-        raise ConfigError("--ce_weight, --kd_weight and --contrastive_weight must be >= 0")
-    if c.nce_k < 1 or c.nce_t <= 0 or not 0 <= c.nce_m < 1 or c.embed_dim < 1:
-        raise ConfigError("MCL-OKD needs --nce_k >= 1, --nce_t > 0, 0 <= --nce_m < 1 and --embed_dim >= 1")
-    if not 0 <= c.ema_decay < 1:
-        raise ConfigError(f"--ema_decay must be in [0, 1), got {c.ema_decay}")
 
 
 def cluster_json(worker_hosts, task_index):
@@ -642,19 +607,6 @@ def trained_run_config(model_dir, what, remedy):
     return run
 
 
-def check_teacher(config):
-    """Offline KD's teacher must be a finished run on the same dataset."""
-    if not config.teacher_dir:
-        raise ConfigError("--method=kd needs --teacher_dir, the model_dir of a trained run")
-    teacher = trained_run_config(config.teacher_dir, f"--teacher_dir {config.teacher_dir}", "train the teacher first")
-    if teacher.dataset != config.dataset:
-        raise ConfigError(f"the teacher was trained on {teacher.dataset}, the student on {config.dataset}")
-
-
-#: Where FFCL's pre-training stage runs, inside the FFCL run's model_dir.
-PRETRAIN_SUBDIR = "pretrain"
-
-
 def check_trained_networks(flag, run_dir, dataset, backbones, num_branches):
     """A run given by ``--{flag}`` must hold trained networks of the same architectures and data."""
     trained = trained_run_config(run_dir, f"--{flag} {run_dir}", "train it first").validated(check_data=False)
@@ -668,36 +620,33 @@ def check_trained_networks(flag, run_dir, dataset, backbones, num_branches):
         )
 
 
-def atomic_write_text(path, text):
-    """Write through a temporary file and rename, so a crash never leaves half a file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 # ------------------------------------------------------------------------ flags
 _ENUMS = {
     "augment": ("auto", "none", "pad_crop_flip", "resized_crop_flip"),
-    "method": tuple(specs.METHODS),
+    "method": registry.NAMES,
     "topology": ("auto", "shared", "independent"),
-    "fusion": ("module", "average"),
-    "dml_update": ("synchronous", "sequential"),
-    "afd_mode": ("full", "adversarial", "kd", "l1", "l1_kd"),
     "lr_schedule": ("step", "cosine"),
-    "cl_ilr_preset": ("mcl_okd", "okddip"),
-    "kdcl_teacher": ("minlogit", "naive", "linear", "general"),
-    "fusion_layer": ("middle", "last"),
     "strategy": ("default", "mirrored", "multi_worker"),
     "mixed_precision": ("none", "mixed_float16", "mixed_bfloat16", "float64"),
     "jit_compile": ("auto", "true", "false"),
 }
 
+
+def distillation_defaults_help():
+    """One line naming every method's default temperature and ramp-up (for ``--help``); a
+    method whose ``preset`` setting changes them, once per preset."""
+    parts = []
+    for name, declaration in registry.declarations().items():
+        preset = {f.name: meta for f, meta in settings_of(declaration)}.get("preset")
+        variants = [(f"{name} {p}", declaration(preset=p)) for p in preset.choices] if preset else [(name, declaration())]
+        for label, options in variants:
+            temperature, rampup_epochs = options.distillation_defaults()
+            parts.append(f"{label} T={temperature:g} L={rampup_epochs}")
+    return "; ".join(parts)
+
+
 _HELP = {
-    "method": "Online distillation method.",
+    "method": "Online distillation method (its own settings: the section --method=NAME below).",
     "backbones": "One backbone (copied for every branch) or one per sub-network, e.g. resnet32,wrn16_2. "
     + specs.BACKBONE_FORMS,
     "num_branches": "Number of sub-networks K (>= 2) when a single backbone is given (0 = 2, or one per listed backbone).",
@@ -735,55 +684,12 @@ _HELP = {
     "momentum": "SGD momentum.",
     "nesterov": "Nesterov momentum (FFL code: on).",
     "weight_decay": "PyTorch-style L2 on every network weight, BN and biases included.",
-    "temperature": "Distillation temperature T (0 = the method's own: " + specs.distillation_defaults_help() + ").",
+    "temperature": "Distillation temperature T (0 = the method's own: " + distillation_defaults_help() + ").",
     "rampup_epochs": "Epochs L of the exp(-5(1-e/L)^2) ramp-up of every KL term (0 = no ramp-up, -1 = the "
     "method's own, listed under --temperature).",
-    "fusion": "FFL fusion: the paper's module, or feature averaging (ablation case B).",
-    "fusion_channels": "FFL fusion module output channels N (0 = smallest sub-network channel count).",
-    "fusion_weight_decay": "L2 weight decay of the FFL or FFCL fusion module (-1 = the method's own: FFL's code "
-    "1e-5, FFCL's paper 5e-4).",
-    "ensemble_kd": "FFL ensemble KD term kl(fused <- ensemble) (off = ablation case C).",
-    "fusion_kd": "FFL fusion KD terms kl(net_k <- fused) (off together with ensemble_kd = case D).",
-    "dml_update": "DML update order: synchronous (one forward pass, common re-implementation) or "
-    "sequential (the paper: update each network in turn, recomputing predictions).",
-    "afd_mode": "AFD: full (KL + adversarial), adversarial only, kd only, or the direct L1 feature "
-    "alignment baselines l1 and l1_kd (paper Tables 1-2).",
-    "feature_lr": "AFD Adam learning rate for feature extractors and discriminators.",
-    "feature_lr_milestones": "Epochs at which the AFD feature learning rate is multiplied by --lr_gamma.",
-    "feature_weight_decay": "AFD PyTorch-style L2 weight decay of the Adam (feature) update.",
-    "teacher_dir": "Offline KD: the model_dir of a finished keras_ffl run to use as the frozen teacher.",
-    "teacher_part": "Offline KD: which part of the teacher run teaches (net0, net1, fused, ensemble, teacher...).",
-    "feature_knowledge": "FFCL feature knowledge: fuse the peers' feature maps, train the fused classifier, "
-    "distil it into every peer (off: ablation cases C, E, G).",
-    "response_knowledge": "FFCL response knowledge: peers learn from each other's logits, DML-style "
-    "(off: cases B, F, G).",
-    "regularization_knowledge": "FFCL network regularisation: a frozen copy of each peer, pre-trained alone "
-    "with CE, teaches its live twin (off: cases D, E, F).",
-    "fusion_layer": "FFCL: which feature maps are fused: middle (the trunk's output, the paper's "
-    "middle layer) or last (FFL's place).",
-    "pretrained_dir": "FFCL: a finished run (vanilla, same backbones and data) whose net_k teaches peer k "
-    "(default: <model_dir>/pretrain, trained first by the same command when missing).",
-    "pretrain_epochs": "FFCL: epochs of the pre-training stage (0 = --epochs), same schedule otherwise.",
     "split": "Where shared-trunk methods split the network: a backbone split point (resnet: stage1/stage2, "
     "densenet40_12: trans1/trans2, vgg16: block3/block4, shufflenetv2: layer1/layer2, mobilenetv2: group2/group4, "
     "resnet18/34: stage1-3), 'early', or '' for the method's own (ONE's; MCL-OKD's early one).",
-    "cl_ilr_preset": "CL-ILR reading: mcl_okd (tree sharing, detached targets, 0.5 CE + 0.5 KL, no +1e-7; the "
-    "paper's beta) or okddip (flat sharing, undetached targets, 1:1, the FFL/ONE KL); T and ramp-up from their flags.",
-    "okddip_leader": "OKDDip: the last branch is the group leader (off: every branch is an attention peer, the code's "
-    "en=True).",
-    "ce_weight": "KDCL and MCL-OKD: weight of each cross-entropy term (MCL-OKD's gamma).",
-    "kd_weight": "KDCL: weight of each network's KL to the teacher (lambda); MCL-OKD: of the last branch's KL to "
-    "the ensemble (alpha).",
-    "kdcl_teacher": "KDCL teacher: minlogit, naive, linear (simplex weights per batch) or general (Perrone-Cooper "
-    "weights from --kdcl_holdout held-out training images, refreshed every epoch).",
-    "kdcl_holdout": "KDCL general: training images held out (and not trained on) to estimate the teacher's weights.",
-    "nce_k": "MCL-OKD: negatives per example (the code's default 16384; its README uses 256 for ResNet-32/110 and "
-    "DenseNet-40-12).",
-    "nce_t": "MCL-OKD: contrastive temperature tau.",
-    "nce_m": "MCL-OKD: memory-bank momentum.",
-    "embed_dim": "MCL-OKD: embedding dimension.",
-    "contrastive_weight": "MCL-OKD: weight beta of the contrastive loss.",
-    "ema_decay": "PCL: the temporal mean's decay (the rate is min(1 - 1/(step + 1), ema_decay)).",
     "init_dir": "Start sub-network k from network k of a finished run (same backbones and dataset, "
     "independent networks, e.g. a vanilla run): the AFD paper's ImageNet runs start from pre-trained networks.",
     "backend": "Keras backend: tensorflow, jax or torch (default: $KERAS_BACKEND, else the one keras.json names if "
@@ -807,42 +713,142 @@ _HELP = {
 }
 
 
+#: absl's module names, which group ``--help``: the general flags first, then one section per method.
+GENERAL_SECTION = "general settings"
+OLD_NAMES_SECTION = "older flag names"
+
+
+def method_section(declaration):
+    return f"--method={declaration.NAME}: {declaration.TITLE}"
+
+
+class ChoiceParser(flags.EnumParser):
+    """An enum flag in any case, whose error names the nearest choice."""
+
+    def __init__(self, choices):
+        super().__init__(list(choices), case_sensitive=False)
+
+    def parse(self, argument):
+        try:
+            return super().parse(argument)
+        except ValueError:
+            raise ValueError(f"choose from {', '.join(self.enum_values)}"
+                             f"{registry.suggestion(argument, self.enum_values)}") from None
+
+
+def define_flag(name, default, help_, choices, flag_values, module_name, like=None):
+    """One absl flag of the type of ``like`` (default: of ``default``; None for older names,
+    which are unset unless given)."""
+    like = default if like is None else like
+    if choices:
+        flags.DEFINE(ChoiceParser(choices), name, default, help_, flag_values, flags.ArgumentSerializer(),
+                     module_name=module_name)
+    elif isinstance(like, bool):
+        flags.DEFINE_bool(name, default, help_, flag_values=flag_values, module_name=module_name)
+    elif isinstance(like, int):
+        flags.DEFINE_integer(name, default, help_, flag_values=flag_values, module_name=module_name)
+    elif isinstance(like, float):
+        flags.DEFINE_float(name, default, help_, flag_values=flag_values, module_name=module_name)
+    elif isinstance(like, tuple):
+        flags.DEFINE_list(name, None if default is None else [str(v) for v in default], help_,
+                          flag_values=flag_values, module_name=module_name)
+    else:
+        flags.DEFINE_string(name, default, help_, flag_values=flag_values, module_name=module_name)
+
+
+def old_flag_names():
+    """``{old flag name: [(options class, setting name)]}``: names settings had before they had
+    homes, each still accepted for the method that has it."""
+    names = {}
+    for declaration in registry.declarations().values():
+        for field, meta in settings_of(declaration):
+            if meta.old_flag and meta.old_flag != declaration.flag_name(field.name):
+                names.setdefault(meta.old_flag, []).append((declaration, field))
+    return names
+
+
 def define_flags(flag_values):
-    """Defines one flag per Config field on ``flag_values`` (a ``flags.FlagValues``)."""
+    """Defines one flag per general Config field and per setting of every registered method
+    (``--<method>_<setting>``), and the older flag names, on ``flag_values``."""
     defaults = Config()
     for field in dataclasses.fields(Config):
-        if field.name in DATA_FACTS:
+        if field.name in DATA_FACTS or field.name == "options":
             continue
-        name, default, help_ = field.name, getattr(defaults, field.name), _HELP[field.name]
-        if name in _ENUMS:
-            flags.DEFINE_enum(name, default, _ENUMS[name], help_, flag_values=flag_values)
-        elif isinstance(default, bool):
-            flags.DEFINE_bool(name, default, help_, flag_values=flag_values)
-        elif isinstance(default, int):
-            flags.DEFINE_integer(name, default, help_, flag_values=flag_values)
-        elif isinstance(default, float):
-            flags.DEFINE_float(name, default, help_, flag_values=flag_values)
-        elif isinstance(default, tuple):
-            flags.DEFINE_list(name, [str(v) for v in default], help_, flag_values=flag_values)
+        define_flag(field.name, getattr(defaults, field.name), _HELP[field.name], _ENUMS.get(field.name, ()),
+                    flag_values, GENERAL_SECTION)
+    for declaration in registry.declarations().values():
+        for field, meta in settings_of(declaration):
+            define_flag(declaration.flag_name(field.name), field.default, meta.help, meta.choices, flag_values,
+                        method_section(declaration))
+    for old, owners in old_flag_names().items():
+        _, field = owners[0]
+        define_flag(old, None, f"Older name of --{' / --'.join(d.flag_name(f.name) for d, f in owners)}.",
+                    field.metadata["setting"].choices, flag_values, OLD_NAMES_SECTION, like=field.default)
+
+
+def help_text(flag_values):
+    """``--help``: the general flags, then each method's settings under its name."""
+    import textwrap
+
+    body = [flag_values.module_help(GENERAL_SECTION)]
+    for declaration in registry.declarations().values():
+        section = method_section(declaration)
+        if flag_values.get_flags_for_module(section):
+            body.append(flag_values.module_help(section))
         else:
-            flags.DEFINE_string(name, default, help_, flag_values=flag_values)
+            body.append(f"{section}: no settings of its own")
+    old = ", ".join(f"--{n}" for n in sorted(old_flag_names()))
+    body.append(textwrap.fill(f"{OLD_NAMES_SECTION}, still accepted for the method that has the setting: {old}",
+                              width=80, subsequent_indent="  "))
+    return "\n\n".join(body)
+
+
+def _integers(flag, value):
+    try:
+        return tuple(int(v) for v in value)
+    except ValueError:
+        raise ConfigError(f"--{flag} must be integers, got {','.join(value)}") from None
 
 
 def config_from_flags(flag_values):
+    """The Config the flags describe.  A setting of another method than ``--method``'s, given on
+    the command line or in a flagfile, is an error (it would silently do nothing)."""
     values = {}
     for field in dataclasses.fields(Config):
-        if field.name in DATA_FACTS:
+        if field.name in DATA_FACTS or field.name == "options":
             continue
         value = flag_values[field.name].value
-        if field.name in ("lr_milestones", "feature_lr_milestones"):
-            try:
-                value = tuple(int(v) for v in value)
-            except ValueError:
-                raise ConfigError(f"--{field.name} must be integers, got {','.join(value)}") from None
+        if field.name == "lr_milestones":
+            value = _integers(field.name, value)
         elif isinstance(value, list):
             value = tuple(value)
         values[field.name] = value
-    return Config(**values)
+    method = values["method"]
+    declaration = registry.get(method)
+    settings = {}
+    for other in registry.declarations().values():
+        for field, meta in settings_of(other):
+            flag = other.flag_name(field.name)
+            if other is declaration:
+                value = flag_values[flag].value
+                settings[field.name] = _integers(flag, value) if meta.integers else (
+                    tuple(value) if isinstance(value, list) else value)
+            elif flag_values[flag].present:
+                raise ConfigError(f"--{flag} is a setting of --method={other.NAME}; this run's method is {method}")
+    for old, owners in old_flag_names().items():
+        if not flag_values[old].present:
+            continue
+        mine = [field for d, field in owners if d is declaration]
+        if not mine:
+            owner_flags = ", ".join(f"--{d.flag_name(f.name)}" for d, f in owners)
+            raise ConfigError(f"--{old} (now {owner_flags}) is not a setting of --method={method}")
+        new = declaration.flag_name(mine[0].name)
+        if flag_values[new].present:
+            raise ConfigError(f"--{old} and --{new} are the same setting: give one")
+        value = flag_values[old].value
+        settings[mine[0].name] = _integers(old, value) if mine[0].metadata["setting"].integers else (
+            tuple(value) if isinstance(value, list) else value)
+    return Config(**values, options=declaration(**settings))
 
 
 def parse_command(argv, commands, module, define):
@@ -870,7 +876,8 @@ def parse_argv(argv, define=define_flags):
         program = os.path.basename(argv[0]) if argv else "keras_ffl"
         if program.endswith(".py"):
             program = f"python -m keras_ffl.{program[:-3]}"
-        raise HelpRequested(f"usage: {program} [--flagfile=FILE] [--flag=value ...]\n\n{flag_values.get_help()}")
+        help_ = help_text(flag_values) if define is define_flags else flag_values.get_help()
+        raise HelpRequested(f"usage: {program} [--flagfile=FILE] [--flag=value ...]\n\n{help_}")
     from keras_ffl.paths import expand_flagfiles
 
     argv = list(argv[:1]) + expand_flagfiles(argv[1:])

@@ -30,7 +30,8 @@ from absl import flags
 
 from keras_ffl.backend import INSTALL, installed
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, atomic_write_text, parse_argv
+from keras_ffl.config import ConfigError, parse_argv
+from keras_ffl.files import atomic_write_text
 
 FORMATS = ("saved_model", "onnx", "tflite")
 ARTIFACTS = {"saved_model": "saved_model", "onnx": "model.onnx", "tflite": "model.tflite"}

@@ -6,7 +6,7 @@ own teachers (e.g. FFL's fused classifier).  Accuracies are percentages.
 
 import json
 
-from keras_ffl.config import atomic_write_text
+from keras_ffl.files import atomic_write_text
 
 
 def summarize(metrics, part_names):

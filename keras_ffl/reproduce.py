@@ -11,7 +11,7 @@ finished one is reused, an interrupted one resumes, so the command can be rerun.
 
 Writes ``results.json`` (every run's rows, then mean and sample std over seeds),
 ``results.md`` (the table), ``curves.png`` (test accuracy per epoch, mean over seeds) and
-``bars.png`` (each method's rows against vanilla).
+``bars.png`` (each method's rows against the baseline).
 """
 
 import json
@@ -21,25 +21,23 @@ import sys
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, atomic_write_text, config_from_flags, parse_argv
+from keras_ffl.config import ConfigError, config_from_flags, parse_argv
+from keras_ffl.files import atomic_write_text
+from keras_ffl.methods import registry
 
-#: label -> (flagfile, extra flags); vanilla first: every other row is compared with it.
+def quickstart_methods():
+    """method -> (flagfile, extra flags): every method that trains from data alone, by its
+    quickstart setting and the flags it adds under a short budget (its declaration's);
+    the baseline first: every other row is compared with it."""
+    declarations = sorted(registry.declarations().values(), key=lambda d: not d.BASELINE)
+    return {d.NAME: (d.QUICKSTART_FLAGFILE, list(d.SHORT_BUDGET_FLAGS)) for d in declarations
+            if d.STANDALONE and d.QUICKSTART_FLAGFILE}
+
+
 SUITES = {
     "fashion_mnist": {
         "budget": ["--train_examples=5000", "--epochs=4", "--lr_milestones=3", "--verbose=0"],
-        "methods": {
-            "vanilla": ("zoo/quickstart_vanilla_fashion_mnist.flags", []),
-            "ffl": ("zoo/quickstart_fashion_mnist.flags", ["--rampup_epochs=1"]),
-            "dml": ("zoo/quickstart_dml_fashion_mnist.flags", []),
-            "one": ("zoo/quickstart_one_fashion_mnist.flags", ["--rampup_epochs=1"]),
-            "afd": ("zoo/quickstart_afd_fashion_mnist.flags", []),
-            "ffcl": ("zoo/quickstart_ffcl_fashion_mnist.flags", []),
-            "cl_ilr": ("zoo/quickstart_cl_ilr_fashion_mnist.flags", []),
-            "okddip": ("zoo/quickstart_okddip_fashion_mnist.flags", ["--rampup_epochs=1"]),
-            "kdcl": ("zoo/quickstart_kdcl_fashion_mnist.flags", ["--rampup_epochs=0"]),
-            "mcl_okd": ("zoo/quickstart_mcl_okd_fashion_mnist.flags", []),
-            "pcl": ("zoo/quickstart_pcl_fashion_mnist.flags", ["--rampup_epochs=1"]),
-        },
+        "methods": quickstart_methods(),
     },
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,7 +95,8 @@ def markdown(summary, seeds, test_examples):
              f"{', '.join(map(str, seeds))}", "",
              "| method | sub-networks | S-avg | ensemble | fused / teacher | S-avg vs vanilla |",
              "|---|---|---:|---:|---:|---:|"]
-    vanilla = summary.get("vanilla", {}).get("S-avg", {}).get("mean")
+    baseline = registry.baseline()
+    vanilla = summary.get(baseline, {}).get("S-avg", {}).get("mean")
 
     def cell(stat):
         return f"{stat['mean']:.2f} ± {stat['std']:.2f}" if stat else "-"
@@ -105,7 +104,7 @@ def markdown(summary, seeds, test_examples):
     for method, rows in summary.items():
         nets = ", ".join(f"{rows[r]['mean']:.2f}" for r in rows if r.startswith("net"))
         teacher = teacher_row(rows)
-        delta = f"{rows['S-avg']['mean'] - vanilla:+.2f}" if vanilla is not None and method != "vanilla" else "-"
+        delta = f"{rows['S-avg']['mean'] - vanilla:+.2f}" if vanilla is not None and method != baseline else "-"
         lines.append(f"| {method} | {nets} | {cell(rows['S-avg'])} | {cell(rows['ensemble'])} | "
                      f"{cell(rows[teacher]) + f' ({teacher})' if teacher else '-'} | {delta} |")
     return "\n".join(lines)
@@ -163,8 +162,9 @@ def plot(summary, curves, output_dir):
             means.append(stat["mean"] if stat else np.nan)
             stds.append(stat["std"] if stat else 0.0)
         ax.bar(np.arange(len(methods)) + (i - 1) * width, means, width, yerr=stds, capsize=2, label=label)
-    if "vanilla" in summary:
-        ax.axhline(summary["vanilla"]["S-avg"]["mean"], color="black", linestyle="--", linewidth=1, label="vanilla")
+    baseline = registry.baseline()
+    if baseline in summary:
+        ax.axhline(summary[baseline]["S-avg"]["mean"], color="black", linestyle="--", linewidth=1, label=baseline)
     values = [s["mean"] for rows in summary.values() for s in rows.values()]
     ax.set_ylim(min(values) - 2, max(values) + 1)
     ax.set_xticks(np.arange(len(methods)), methods)

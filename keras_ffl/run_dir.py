@@ -134,14 +134,9 @@ def epochs_checkpointed(model_dir):
 def relocated(config, model_dir):
     """``config`` (a run's saved one) as if written in ``model_dir``: where a run lives (its
     folder, spelled with a trailing slash, relative or moved) is not part of its configuration,
-    and neither is the default FFCL pre-training folder inside it."""
-    from keras_ffl.config import PRETRAIN_SUBDIR
-
-    changes = {"model_dir": model_dir}
-    if config.pretrained_dir and os.path.normpath(config.pretrained_dir) == os.path.normpath(
-            os.path.join(config.model_dir, PRETRAIN_SUBDIR)):
-        changes["pretrained_dir"] = os.path.join(model_dir, PRETRAIN_SUBDIR)
-    return dataclasses.replace(config, **changes)
+    and neither are the method's folders inside it (FFCL's pre-training stage)."""
+    return dataclasses.replace(config, model_dir=model_dir,
+                               options=config.options.relocated(config.model_dir, model_dir))
 
 
 def trim_history(model_dir, epochs_done):
@@ -151,7 +146,7 @@ def trim_history(model_dir, epochs_done):
     import csv
     import io
 
-    from keras_ffl.config import atomic_write_text
+    from keras_ffl.files import atomic_write_text
 
     history = path(model_dir, HISTORY)
     if not os.path.exists(history):

@@ -29,8 +29,9 @@ def parse_config(argv):
 
 
 def run_pretraining(config, extra_callbacks=()):
-    """FFCL's first stage: trains the peers alone into ``pretrained_dir`` unless a finished
-    run is already there (so rerunning an interrupted FFCL command skips or resumes it)."""
+    """The method's first stage, if it has one (FFCL's peers alone, into its pretrained_dir),
+    unless a finished run is already there (so rerunning an interrupted command skips or
+    resumes it)."""
     import os
 
     stage = config.pretraining_config()
@@ -65,7 +66,7 @@ def GeneralWeights(images, labels):
 
 
 def train(config, extra_callbacks=()):
-    """Runs a validated Config to completion (and FFCL's pre-training stage first);
+    """Runs a validated Config to completion (and the method's pre-training stage first);
     returns the report dict."""
     backend.activate(config.backend)
     backend.prepare_jax(config.backend, config.cpu_devices, config.mixed_precision)
@@ -88,7 +89,7 @@ def _nothing():
 def _train(config, extra_callbacks):
     import keras
 
-    from keras_ffl.build import WARM_STARTS, build, initialize_from
+    from keras_ffl.build import build, initialize_from, warm_start
     from keras_ffl.callbacks import AtomicCheckpoint, ResumeCheckpoint, Throughput, save_weights_in_step
     from keras_ffl.data import corrupt_records_named
     from keras_ffl.distribute import make_distribution
@@ -108,9 +109,7 @@ def _train(config, extra_callbacks):
     config = data.config  # with what the data told (your own data's classes and statistics)
     if chief:
         run_dir.check_free_space(config.model_dir, model)
-    warm_start = WARM_STARTS.get(config.method)
-    if warm_start:
-        warm_start(model, config)
+    warm_start(model, config)
     resuming = run_dir.claim(config)
     if config.init_dir and not resuming:
         initialize_from(model, config.init_dir)

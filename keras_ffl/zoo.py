@@ -18,6 +18,7 @@ or is interrupted (Ctrl-C, SIGTERM), is deleted before the error is raised.
 """
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -28,7 +29,8 @@ import urllib.request
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import Config, ConfigError, atomic_write_text, parse_argv, parse_command
+from keras_ffl.config import Config, ConfigError, parse_argv, parse_command
+from keras_ffl.files import atomic_write_text
 
 from keras_ffl.paths import zoo_dir
 
@@ -238,9 +240,10 @@ def publish(model_dir, name, flagfile="", description="", manifest_path=None, we
     manifest_path = manifest_path or DEFAULT_MANIFEST
     manifest = load_manifest(manifest_path) if os.path.exists(manifest_path) else {
         "format": MANIFEST_FORMAT, "base_url": "", "models": {}, "_path": os.path.abspath(manifest_path)}
-    if Config.load(run_dir.path(model_dir, run_dir.CONFIG)).method == "kd":
-        raise ZooError("offline KD runs rebuild through their teacher run: export the student with "
-                       "'python -m keras_ffl.export --model_dir=...' instead")
+    saved = Config.load(run_dir.path(model_dir, run_dir.CONFIG))
+    if not saved.declaration.STANDALONE:
+        raise ZooError(f"--method={saved.method} runs rebuild through the finished run they learnt from: export the "
+                       "student with 'python -m keras_ffl.export --model_dir=...' instead")
     report_path = run_dir.path(model_dir, run_dir.REPORT)
     if not os.path.exists(report_path):
         raise ZooError(f"{model_dir} has no report.json: only finished runs can be published")
@@ -302,7 +305,7 @@ def make_entry(model, config, flagfile, description, weights, metrics):
         "weights": weights,
         "metrics": metrics,
         "training": training_summary(config),
-        "config": {**config.to_dict(), "model_dir": "", "pretrained_dir": ""},
+        "config": dataclasses.replace(config, model_dir="", options=config.options.without_paths()).to_dict(),
     }
 
 
@@ -316,11 +319,7 @@ def training_summary(config):
     optimizer = f"SGD momentum {c.momentum:g}{' Nesterov' if c.nesterov else ''}, weight decay {c.weight_decay:g}"
     summary = {"train_images": train_size_of(c), "epochs": c.epochs, "batch_size": c.batch_size,
                "schedule": schedule, "optimizer": optimizer, "seed": c.seed}
-    if c.method == "afd":
-        summary["feature_optimizer"] = (f"Adam lr {c.feature_lr:g}, x{c.lr_gamma:g} at epochs "
-                                        f"{','.join(map(str, c.feature_lr_milestones))}")
-    if c.method == "ffcl":
-        summary["pretrain_epochs"] = c.pretrain_epochs or c.epochs
+    summary.update(c.options.training_summary(c))
     return summary
 
 

@@ -167,7 +167,7 @@ def method_inputs(config, images, nce_seed=0):
         size = train_size_of(config)
         index = np.arange(len(images)) % size
         rng = np.random.default_rng(nce_seed)
-        negatives = rng.integers(0, size, (len(images), config.nce_k))
+        negatives = rng.integers(0, size, (len(images), config.options.nce_k))
         return {"images": images, "index": index, "contrast": np.concatenate([index[:, None], negatives], axis=1)}
     return images
 

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from keras_ffl.specs import METHODS as METHOD_SPECS
+from keras_ffl.methods import registry
 
 from conftest import REPO
 from helpers import tiny_config
@@ -15,7 +15,7 @@ FLAGFILES = sorted(glob.glob(os.path.join(REPO, "zoo", "*.flags")))
 
 
 def load_flags_only(path):
-    return {name: parse_argv(["train", f"--flagfile={path}"])[name].value for name in ("teacher_dir",)}
+    return {name: parse_argv(["train", f"--flagfile={path}"])[name].value for name in ("kd_teacher_dir",)}
 
 
 def load(path, *extra):
@@ -35,13 +35,13 @@ def test_zoo_has_the_issue_flagfiles():
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
 def test_every_flagfile_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)  # nested flagfiles are relative to the repository root
-    teacher_dir = load_flags_only(path)["teacher_dir"]
+    teacher_dir = load_flags_only(path)["kd_teacher_dir"]
     if teacher_dir and not os.path.exists(os.path.join(REPO, teacher_dir, "config.json")):
         with pytest.raises(ConfigError, match="no config.json"):  # its teacher run comes first
             load(path)
         return
     config = load(path)
-    assert config.num_branches >= METHOD_SPECS[config.method].min_branches and config.model_dir
+    assert config.num_branches >= config.declaration.MIN_BRANCHES and config.model_dir
 
 
 def test_res32_flagfile_is_the_ffl_paper_schedule():
@@ -49,7 +49,7 @@ def test_res32_flagfile_is_the_ffl_paper_schedule():
     assert (c.method, c.backbones, c.num_branches, c.topology, c.dataset) == ("ffl", ("resnet32",), 2, "shared", "cifar100")
     assert (c.epochs, c.lr, c.lr_milestones, c.lr_gamma, c.momentum, c.nesterov) == (300, 0.1, (150, 225), 0.1, 0.9, True)
     assert (c.batch_size, c.eval_batch_size, c.temperature, c.rampup_epochs) == (128, 100, 3.0, 80)
-    assert (c.weight_decay, c.fusion_weight_decay) == (1e-4, 1e-5)
+    assert (c.weight_decay, c.options.fusion_weight_decay) == (1e-4, 1e-5)
 
 
 def test_ffcl_flagfile_is_the_paper_setting_with_its_pretraining_stage():
@@ -57,10 +57,11 @@ def test_ffcl_flagfile_is_the_paper_setting_with_its_pretraining_stage():
     assert (c.method, c.backbones, c.num_branches, c.topology) == ("ffcl", ("resnet18",), 2, "independent")
     assert (c.epochs, c.lr_milestones, c.momentum, c.nesterov, c.weight_decay, c.temperature) == (
         200, (60, 120, 160), 0.9, False, 5e-4, 1.0)
-    assert c.feature_knowledge and c.response_knowledge and c.regularization_knowledge
-    assert c.pretrained_dir == os.path.join(c.model_dir, "pretrain")
+    o = c.options
+    assert o.feature_knowledge and o.response_knowledge and o.regularization_knowledge
+    assert o.pretrained_dir == os.path.join(c.model_dir, "pretrain")
     stage = c.pretraining_config()
-    assert (stage.method, stage.epochs, stage.model_dir, stage.pretrained_dir) == ("vanilla", 200, c.pretrained_dir, "")
+    assert (stage.method, stage.epochs, stage.model_dir) == ("vanilla", 200, o.pretrained_dir)
     assert stage.branch_backbones == c.branch_backbones and stage.lr_milestones == c.lr_milestones
 
 
@@ -130,19 +131,39 @@ def test_the_backend_is_the_chosen_one_if_installed_else_keras_json_else_the_fir
         backend.resolve()
 
 
-BAD_NUMBERS = ["--lr=nan", "--lr=inf", "--lr=0", "--temperature=nan", "--momentum=-5", "--momentum=nan",
-               "--momentum=1", "--lr_gamma=nan", "--lr_gamma=-0.1", "--lr_gamma=inf", "--weight_decay=inf",
-               "--weight_decay=-1", "--fusion_weight_decay=nan", "--feature_lr=nan", "--feature_weight_decay=inf",
-               "--nce_t=nan", "--nce_m=nan", "--ce_weight=nan", "--kd_weight=inf", "--contrastive_weight=nan",
-               "--ema_decay=nan", "--validation_fraction=nan", "--seed=-1", "--verbose=3", "--cpu_devices=-1",
-               "--task_index=-1", "--num_branches=-2", "--image_size=-1", "--lr=1e39", "--kd_weight=-1e39"]
+GENERAL_BAD_NUMBERS = ["--lr=nan", "--lr=inf", "--lr=0", "--temperature=nan", "--momentum=-5", "--momentum=nan",
+                       "--momentum=1", "--lr_gamma=nan", "--lr_gamma=-0.1", "--lr_gamma=inf", "--weight_decay=inf",
+                       "--weight_decay=-1", "--validation_fraction=nan", "--seed=-1", "--verbose=3",
+                       "--cpu_devices=-1", "--task_index=-1", "--num_branches=-2", "--image_size=-1", "--lr=1e39"]
 
 
-@pytest.mark.parametrize("flag", BAD_NUMBERS)
-def test_every_numeric_flag_has_a_range_checked_before_any_work(flag):
+def method_bad_numbers():
+    """Every float setting of every method: nan, and past float32 (each must be checked)."""
+    from keras_ffl.methods.declaration import settings_of
+
+    cases = []
+    for name, declaration in registry.declarations().items():
+        for field, _ in settings_of(declaration):
+            if isinstance(field.default, float):
+                flag = declaration.flag_name(field.name)
+                cases += [(name, f"--{flag}=nan"), (name, f"--{flag}=-1e39")]
+    return cases
+
+
+BAD_NUMBERS = [("ffl", flag) for flag in GENERAL_BAD_NUMBERS] + method_bad_numbers() + [
+    ("mcl_okd", "--mcl_okd_nce_m=1"), ("mcl_okd", "--mcl_okd_nce_k=0"), ("pcl", "--pcl_ema_decay=1"),
+    ("kdcl", "--kdcl_holdout=-1"), ("ffl", "--ffl_fusion_channels=-1")]
+
+
+def test_every_method_float_setting_is_among_the_refused_numbers():
+    assert len(method_bad_numbers()) >= 2 * 12  # fusion decays, AFD's three, KDCL's two, MCL-OKD's five, PCL's
+
+
+@pytest.mark.parametrize("method,flag", BAD_NUMBERS)
+def test_every_numeric_flag_has_a_range_checked_before_any_work(method, flag):
     name = flag[2:].split("=")[0]
     with pytest.raises(ConfigError, match=f"--{name}"):
-        config_from_flags(parse_argv(["train", "--dataset=synthetic", flag])).validated()
+        config_from_flags(parse_argv(["train", "--dataset=synthetic", f"--method={method}", flag])).validated()
 
 
 def test_a_schedule_that_overflows_float32_is_refused_before_any_work():
@@ -183,7 +204,7 @@ def test_a_numeric_flag_out_of_range_is_one_line_and_exit_2_from_the_command_lin
         assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("method,preset", [(m, "") for m in sorted(METHOD_SPECS) if m != "cl_ilr"] +
+@pytest.mark.parametrize("method,preset", [(m, "") for m in registry.NAMES if m != "cl_ilr"] +
                          [("cl_ilr", "mcl_okd"), ("cl_ilr", "okddip")])
 def test_a_method_has_one_default_per_setting_from_python_and_the_command_line(method, preset, tmp_path):
     """``--method=X`` with no method flags builds the model ``X(networks)`` builds: every
@@ -192,7 +213,6 @@ def test_a_method_has_one_default_per_setting_from_python_and_the_command_line(m
     T = 2 or no ramp-up from Python)."""
     import keras
 
-    from keras_ffl import specs
     from keras_ffl.build import build_model, build_subnetworks, train_size_of
     from keras_ffl.methods import METHODS
 
@@ -207,7 +227,9 @@ def test_a_method_has_one_default_per_setting_from_python_and_the_command_line(m
         train(teacher)
         argv.append(f"--teacher_dir={teacher.model_dir}")
     config = config_from_flags(parse_argv(argv)).validated()
-    assert (config.temperature, config.rampup_epochs) == specs.distillation_defaults(method, preset)
+    declaration = registry.get(method)
+    own = declaration(preset=preset) if preset else declaration()
+    assert (config.temperature, config.rampup_epochs) == own.distillation_defaults()
     from_cli = build_model(config, 10, (32, 32, 3)).get_config()
     networks = build_subnetworks(config, 10, (32, 32, 3))
     if method == "kd":

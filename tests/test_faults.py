@@ -313,7 +313,7 @@ def test_an_interrupted_run_resumes_however_its_model_dir_is_spelled_or_wherever
     # FFCL's default pre-training folder lives inside the run: it moves with it.
     ffcl = Config(method="ffcl", dataset="synthetic", backbones=("resnet8",), model_dir=str(tmp_path / "a"))
     ffcl = ffcl.validated(check_data=False)
-    assert ffcl.pretrained_dir == str(tmp_path / "a" / "pretrain")
+    assert ffcl.options.pretrained_dir == str(tmp_path / "a" / "pretrain")
     ffcl.save(str(tmp_path / "a" / "config.json"))
     moved = dataclasses.replace(ffcl, model_dir=str(tmp_path / "b"), pretrained_dir="").validated(check_data=False)
     os.rename(tmp_path / "a", tmp_path / "b")

@@ -122,10 +122,10 @@ def test_one_command_pretrains_then_trains_collaboratively(two_stage_run):
     from keras_ffl.evaluate import evaluate
 
     config, report = two_stage_run
-    assert config.pretrained_dir == os.path.join(config.model_dir, "pretrain")
-    stage = Config.load(os.path.join(config.pretrained_dir, "config.json"))
+    assert config.options.pretrained_dir == os.path.join(config.model_dir, "pretrain")
+    stage = Config.load(os.path.join(config.options.pretrained_dir, "config.json"))
     assert (stage.method, stage.epochs, stage.backbones) == ("vanilla", 2, config.backbones)
-    pretrained = json.load(open(os.path.join(config.pretrained_dir, "report.json")))["results"]
+    pretrained = json.load(open(os.path.join(config.options.pretrained_dir, "report.json")))["results"]
     # The frozen copies are the pre-trained networks: same accuracy on the same test images.
     for k in range(2):
         assert report["results"][f"pretrained{k}"]["top1"] == pytest.approx(pretrained[f"net{k}"]["top1"], abs=1e-6)
@@ -139,10 +139,10 @@ def test_given_pretrained_dir_skips_the_stage_and_must_match(two_stage_run, tmp_
     from keras_ffl.train import train
 
     config, first = two_stage_run
-    reuse = replace(config, model_dir=str(tmp_path / "reuse"), pretrained_dir=config.pretrained_dir, epochs=1)
+    reuse = replace(config, model_dir=str(tmp_path / "reuse"), pretrained_dir=config.options.pretrained_dir, epochs=1)
     report = train(reuse)
     assert not os.path.exists(tmp_path / "reuse" / "pretrain")
     assert report["results"]["pretrained1"] == first["results"]["pretrained1"]
     with pytest.raises(ConfigError, match="networks are resnet8, wrn10_1"):
         replace(config, backbones=("resnet8", "wrn10_1"), model_dir=str(tmp_path / "other"),
-                pretrained_dir=config.pretrained_dir)
+                pretrained_dir=config.options.pretrained_dir)

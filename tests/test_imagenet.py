@@ -41,4 +41,4 @@ def test_paper_imagenet_flagfiles_train_on_mock_data(tmp_path, flagfile, parts):
     assert parts <= set(report["results"]) and "top5" in report["results"]["net0"]
     assert report["test_examples"] == 2
     if config.method == "ffl":
-        assert config.fusion_channels == 1024 and config.rampup_epochs == 20  # N = C1 + C2, L = 20 on ImageNet
+        assert config.options.fusion_channels == 1024 and config.rampup_epochs == 20  # N = C1 + C2, L = 20 on ImageNet

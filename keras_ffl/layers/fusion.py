@@ -5,8 +5,7 @@ from keras import layers, ops
 
 from keras_ffl import initializers
 from keras_ffl.backbones.base import batch_norm, conv_layer, dense_classifier, torch_padding
-
-FUSION_MODES = ("module", "average")
+from keras_ffl.methods.ffl_options import FUSION_MODES  # the one declaration of the modes
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")

@@ -1,35 +1,31 @@
-"""Methods by name.  Adding a method means adding one file and one line here (and its
-capabilities in ``keras_ffl.specs.METHODS``; how a Config becomes its arguments is in
-``keras_ffl.build``)."""
+"""The methods.  Each has one home, a pair of files: ``<name>.py`` (its ``keras.Model``) and
+``<name>_options.py`` (its settings and facts, free of Keras); ``registry.NAMES`` lists them.
 
-from keras_ffl.methods.afd import AFD
-from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
-from keras_ffl.methods.cl_ilr import CLILR
-from keras_ffl.methods.dml import DML
-from keras_ffl.methods.ffcl import FFCL
-from keras_ffl.methods.ffl import FFL
-from keras_ffl.methods.kd import OfflineKD
-from keras_ffl.methods.kdcl import KDCL
-from keras_ffl.methods.mcl_okd import MCLOKD
-from keras_ffl.methods.okddip import OKDDip
-from keras_ffl.methods.one import ONE
-from keras_ffl.methods.pcl import PCL
-from keras_ffl.methods.vanilla import Vanilla
+Importing this package imports no Keras: the model classes are loaded on first use
+(``from keras_ffl.methods import FFL``), so the command line validates flags against the
+declarations first.
+"""
 
-METHODS = {
-    "ffl": FFL,
-    "dml": DML,
-    "one": ONE,
-    "afd": AFD,
-    "ffcl": FFCL,
-    "vanilla": Vanilla,
-    "kd": OfflineKD,
-    "cl_ilr": CLILR,
-    "okddip": OKDDip,
-    "kdcl": KDCL,
-    "mcl_okd": MCLOKD,
-    "pcl": PCL,
-}
+import importlib
 
-__all__ = ["OnlineDistiller", "Gradient", "Update", "FFL", "DML", "ONE", "AFD", "FFCL", "Vanilla", "OfflineKD", "CLILR",
-           "OKDDip", "KDCL", "MCLOKD", "PCL", "METHODS"]
+#: Public class name -> method name, for ``from keras_ffl.methods import FFL``.
+_CLASSES = {"FFL": "ffl", "DML": "dml", "ONE": "one", "AFD": "afd", "FFCL": "ffcl", "Vanilla": "vanilla",
+            "OfflineKD": "kd", "CLILR": "cl_ilr", "OKDDip": "okddip", "KDCL": "kdcl", "MCLOKD": "mcl_okd", "PCL": "pcl"}
+_BASE = ("OnlineDistiller", "Gradient", "Update")
+
+__all__ = [*_BASE, *_CLASSES, "METHODS"]
+
+
+def __getattr__(name):
+    registry = importlib.import_module("keras_ffl.methods.registry")  # not `from . import`: that asks __getattr__
+    if name in _CLASSES:
+        return registry.model_class(_CLASSES[name])
+    if name in _BASE:
+        return getattr(importlib.import_module("keras_ffl.methods.base"), name)
+    if name == "METHODS":  # name -> model class, every registered method
+        return {method: registry.model_class(method) for method in registry.NAMES}
+    raise AttributeError(f"module 'keras_ffl.methods' has no attribute '{name}'")
+
+
+def __dir__():
+    return sorted(__all__)

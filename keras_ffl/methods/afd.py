@@ -30,10 +30,11 @@ from keras import ops
 
 from keras_ffl.layers.adversarial import Discriminator, TransferLayer
 from keras_ffl.losses import as_float, cross_entropy, distillation_kl, squared_error_to
+from keras_ffl.methods.afd_options import AFD_MODES, AFDOptions
 from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
 from keras_ffl.optimizers import OptimizerGroup
 
-AFD_MODES = ("full", "adversarial", "kd", "l1", "l1_kd")
+DEFAULTS = AFDOptions()
 #: The paper's feature optimiser: Adam, lr 2e-5.
 PAPER_FEATURE_LR = 2e-5
 
@@ -43,7 +44,7 @@ class AFD(OnlineDistiller):
     method_name = "afd"
     independent_only = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, mode="full", feature_weight_decay=0.1, sync_bn=False,
+    def __init__(self, branches, num_classes=None, trunk=None, mode=DEFAULTS.mode, feature_weight_decay=DEFAULTS.feature_weight_decay, sync_bn=False,
                  **kwargs):
         if mode not in AFD_MODES:
             raise ValueError(f"AFD mode must be one of {AFD_MODES}, got '{mode}'")

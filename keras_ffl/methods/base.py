@@ -81,7 +81,8 @@ class OnlineDistiller(keras.Model):
     needs_trunk = False
     #: The fewest sub-networks the method makes sense with.
     min_branches = 2
-    #: Its name in ``keras_ffl.specs.METHODS``, which holds its default temperature and ramp-up.
+    #: Its name in ``keras_ffl.methods.registry``: its declaration (``<name>_options.py``) holds
+    #: its default temperature and ramp-up and its settings' defaults and choices.
     method_name = None
 
     def __init_subclass__(cls, **kwargs):
@@ -143,10 +144,10 @@ class OnlineDistiller(keras.Model):
 
     def distillation_defaults(self):
         """``(temperature, rampup_epochs)`` when the constructor is given none: the method's
-        paper or code, the same numbers the command line uses (``keras_ffl.specs``)."""
-        from keras_ffl import specs
+        paper or code, the same numbers the command line uses (its declaration)."""
+        from keras_ffl.methods import registry
 
-        return specs.distillation_defaults(self.method_name)
+        return registry.get(self.method_name)().distillation_defaults()
 
     def _build_now(self):
         """Creates every variable with one inference pass on a dummy batch."""

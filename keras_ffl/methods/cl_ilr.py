@@ -24,7 +24,7 @@ No official code exists; two re-implementations disagree, and each is a preset
   split, targets *not* detached (gradients reach the other heads through them), weights 1:1,
   the FFL/ONE KL with +1e-7, T = 3 and the 80-epoch ramp-up.
 
-Each preset brings its temperature and ramp-up (``keras_ffl.specs``, the command line's
+Each preset brings its temperature and ramp-up (``cl_ilr_options``, the command line's
 defaults too); any preset setting can be overridden by its own argument.
 """
 
@@ -33,11 +33,14 @@ from keras import layers, ops
 
 from keras_ffl.losses import TEACHER_EPS, cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller, deserialize_model, serialize_model
+from keras_ffl.methods.cl_ilr_options import PRESET_DISTILLATION, CLILROptions
 
+#: What each preset sets beside its temperature and ramp-up (``cl_ilr_options``).
 PRESETS = {
     "mcl_okd": dict(sharing="tree", detach_target=True, ce_weight=0.5, kd_weight=0.5, teacher_eps=0.0),
     "okddip": dict(sharing="flat", detach_target=False, ce_weight=1.0, kd_weight=1.0, teacher_eps=TEACHER_EPS),
 }
+assert set(PRESETS) == set(PRESET_DISTILLATION), "a preset is declared in cl_ilr_options and described here"
 SHARINGS = ("flat", "tree")
 
 
@@ -75,7 +78,7 @@ class CLILR(OnlineDistiller):
     method_name = "cl_ilr"
     needs_trunk = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, middles=None, preset="mcl_okd", sharing=None,
+    def __init__(self, branches, num_classes=None, trunk=None, middles=None, preset=CLILROptions().preset, sharing=None,
                  detach_target=None, ce_weight=None, kd_weight=None, teacher_eps=None, backprop_rescaling=True,
                  **kwargs):
         if preset not in PRESETS:
@@ -134,9 +137,7 @@ class CLILR(OnlineDistiller):
         return terms
 
     def distillation_defaults(self):
-        from keras_ffl import specs
-
-        return specs.distillation_defaults(self.method_name, self.preset)
+        return CLILROptions(preset=self.preset).distillation_defaults()
 
     def get_config(self):
         return {**super().get_config(), "middles": [serialize_model(m) for m in self.middles], "preset": self.preset,

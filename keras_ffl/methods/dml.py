@@ -18,8 +18,9 @@ import keras
 
 from keras_ffl.losses import cross_entropy, mean_peer_kl
 from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
+from keras_ffl.methods.dml_options import UPDATE_ORDERS, DMLOptions
 
-UPDATE_ORDERS = ("synchronous", "sequential")
+DEFAULTS = DMLOptions()
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
@@ -27,7 +28,7 @@ class DML(OnlineDistiller):
     method_name = "dml"
     independent_only = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, update="synchronous", **kwargs):
+    def __init__(self, branches, num_classes=None, trunk=None, update=DEFAULTS.update, **kwargs):
         if update not in UPDATE_ORDERS:
             raise ValueError(f"DML update must be one of {UPDATE_ORDERS}, got '{update}'")
         self.update = update

@@ -30,13 +30,13 @@ NRK: the frozen teachers, for reference).
 
 import keras
 
-from keras_ffl import specs
 from keras_ffl.backbones.base import MIDDLE_LAYER
 from keras_ffl.layers.fusion import FusionModule
 from keras_ffl.losses import as_float, cross_entropy, distillation_kl, mean_peer_kl
 from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.methods.ffcl_options import FUSION_LAYERS, FFCLOptions
 
-FUSION_LAYERS = ("middle", "last")
+DEFAULTS = FFCLOptions()
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
@@ -49,13 +49,13 @@ class FFCL(OnlineDistiller):
         branches,
         num_classes=None,
         trunk=None,
-        feature_knowledge=True,
-        response_knowledge=True,
-        regularization_knowledge=True,
-        fusion_layer="middle",
+        feature_knowledge=DEFAULTS.feature_knowledge,
+        response_knowledge=DEFAULTS.response_knowledge,
+        regularization_knowledge=DEFAULTS.regularization_knowledge,
+        fusion_layer=DEFAULTS.fusion_layer,
         fusion_channels=None,
-        fusion_weight_decay=specs.METHODS["ffcl"].fusion_weight_decay,
-        ensemble_kd=True,
+        fusion_weight_decay=DEFAULTS.fusion_weight_decay,
+        ensemble_kd=DEFAULTS.ensemble_kd,
         sync_bn=False,
         **kwargs,
     ):

@@ -13,10 +13,12 @@ Ablations (paper Table II): ``fusion="average"`` (case B), ``ensemble_kd=False``
 
 import keras
 
-from keras_ffl import specs
 from keras_ffl.layers.fusion import FusionModule
 from keras_ffl.losses import cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.methods.ffl_options import FFLOptions
+
+DEFAULTS = FFLOptions()
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
@@ -30,10 +32,10 @@ class FFL(OnlineDistiller):
         num_classes=None,
         trunk=None,
         fusion_channels=None,
-        fusion="module",
-        fusion_weight_decay=specs.METHODS["ffl"].fusion_weight_decay,
-        ensemble_kd=True,
-        fusion_kd=True,
+        fusion=DEFAULTS.fusion,
+        fusion_weight_decay=DEFAULTS.fusion_weight_decay,
+        ensemble_kd=DEFAULTS.ensemble_kd,
+        fusion_kd=DEFAULTS.fusion_kd,
         sync_bn=False,
         **kwargs,
     ):

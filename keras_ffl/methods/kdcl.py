@@ -37,8 +37,9 @@ from keras import ops
 
 from keras_ffl.losses import cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.methods.kdcl_options import TEACHERS, KDCLOptions
 
-TEACHERS = ("minlogit", "naive", "linear", "general")
+DEFAULTS = KDCLOptions()
 
 
 def minlogit_teacher(logits, labels):
@@ -138,8 +139,8 @@ class KDCL(OnlineDistiller):
     method_name = "kdcl"
     independent_only = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, teacher="minlogit", naive_per="example",
-                 ce_weight=1.0, kd_weight=1.0, **kwargs):
+    def __init__(self, branches, num_classes=None, trunk=None, teacher=DEFAULTS.teacher, naive_per="example",
+                 ce_weight=DEFAULTS.ce_weight, kd_weight=DEFAULTS.kd_weight, **kwargs):
         if teacher not in TEACHERS:
             raise ValueError(f"KDCL teacher must be one of {TEACHERS}, got '{teacher}'")
         if naive_per not in ("example", "batch"):

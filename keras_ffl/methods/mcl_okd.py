@@ -33,6 +33,9 @@ from keras import layers, ops
 from keras_ffl import engines
 from keras_ffl.losses import as_float, cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.methods.mcl_okd_options import MCLOKDOptions
+
+DEFAULTS = MCLOKDOptions()
 
 NCE_EPS = 1e-7
 
@@ -82,8 +85,9 @@ class MCLOKD(OnlineDistiller):
     method_name = "mcl_okd"
     needs_trunk = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, memory_size=None, embed_dim=128, nce_k=16384,
-                 nce_t=0.1, nce_m=0.5, ce_weight=1.0, kd_weight=1.0, contrastive_weight=0.025, **kwargs):
+    def __init__(self, branches, num_classes=None, trunk=None, memory_size=None, embed_dim=DEFAULTS.embed_dim,
+                 nce_k=DEFAULTS.nce_k, nce_t=DEFAULTS.nce_t, nce_m=DEFAULTS.nce_m, ce_weight=DEFAULTS.ce_weight,
+                 kd_weight=DEFAULTS.kd_weight, contrastive_weight=DEFAULTS.contrastive_weight, **kwargs):
         if not memory_size:
             raise ValueError("MCL-OKD needs memory_size, the number of training examples (one memory row each)")
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)

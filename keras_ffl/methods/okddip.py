@@ -28,6 +28,9 @@ from keras import layers, ops
 from keras_ffl.initializers import linear_like, torch_default
 from keras_ffl.losses import as_float, cross_entropy, distillation_kl
 from keras_ffl.methods.base import OnlineDistiller
+from keras_ffl.methods.okddip_options import OKDDipOptions
+
+DEFAULTS = OKDDipOptions()
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
@@ -64,7 +67,7 @@ class OKDDip(OnlineDistiller):
     method_name = "okddip"
     needs_trunk = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, leader=True, **kwargs):
+    def __init__(self, branches, num_classes=None, trunk=None, leader=DEFAULTS.leader, **kwargs):
         self.leader = bool(leader)
         self.teacher_names = ("leader", "peer_ensemble") if self.leader else ("peer_ensemble",)
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)

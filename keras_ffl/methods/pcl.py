@@ -31,6 +31,7 @@ from keras import ops
 from keras_ffl.initializers import linear_like
 from keras_ffl.losses import cross_entropy, distillation_kl
 from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
+from keras_ffl.methods.pcl_options import PCLOptions
 from keras_ffl import engines
 
 
@@ -39,7 +40,7 @@ class PCL(OnlineDistiller):
     method_name = "pcl"
     needs_trunk = True
 
-    def __init__(self, branches, num_classes=None, trunk=None, ema_decay=0.999, **kwargs):
+    def __init__(self, branches, num_classes=None, trunk=None, ema_decay=PCLOptions().ema_decay, **kwargs):
         self.teacher_names = ("peer_ensemble", *[f"ema{k}" for k in range(len(branches))])
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
         self.ema_decay = float(ema_decay)
