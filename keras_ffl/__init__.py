@@ -34,7 +34,25 @@ _METHODS = ("FFL", "DML", "ONE", "AFD", "FFCL", "Vanilla", "OfflineKD", "CLILR",
             "OnlineDistiller")
 _MODULES = ("backbones", "losses", "layers", "methods", "zoo", "build", "optimizers", "data", "export")
 
-__all__ = [*_METHODS, *_MODULES, "OptimizerGroup", "__version__"]
+__all__ = [*_METHODS, *_MODULES, "OptimizerGroup", "import_keras_quietly", "__version__"]
+
+
+def import_keras_quietly(backend=""):
+    """``keras``, for a script that wants the command line's quiet output: imported with
+    TensorFlow's C++ start-up lines held back (TensorFlow 2.21 prints its oneDNN and absl lines
+    whatever ``TF_CPP_MIN_LOG_LEVEL`` says; shown if the import fails), its later INFO lines off
+    (``TF_CPP_MIN_LOG_LEVEL=2`` unless set) and tf2onnx's NumPy FutureWarning ignored.  Call it
+    before anything imports Keras.  A call, not a side effect of ``import keras_ffl``, which
+    changes no logging.  ``backend``: as ``--backend`` (default: $KERAS_BACKEND, keras.json,
+    the first installed)."""
+    import warnings
+
+    from keras_ffl import backend as backends
+
+    backends.quiet_tensorflow()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="keras.src.export.tf2onnx_lib")
+    backends.import_quietly(backends.resolve(backend))
+    return importlib.import_module("keras")
 
 
 def __getattr__(name):

@@ -114,7 +114,9 @@ def import_quietly(name):
         try:
             import keras  # noqa: F401
 
-            if name == "tensorflow":
+            if name == "tensorflow" or installed("tensorflow"):
+                # On JAX or PyTorch too: Keras, tfds or the data pipeline import it later otherwise,
+                # and its start-up lines would come then.
                 import tensorflow  # noqa: F401
         except BaseException:
             os.dup2(saved, 2)

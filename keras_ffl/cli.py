@@ -4,7 +4,7 @@ import sys
 
 from keras_ffl import backend
 from keras_ffl.backend import quiet_tensorflow
-from keras_ffl.errors import ConfigError, DataError, HelpRequested, ResumeError, WriteError
+from keras_ffl.errors import ConfigError, DataError, HelpRequested, ResumeError, UsageError, WriteError
 
 
 def run_main(body, backend_from_flags=False, keras_now=True):
@@ -29,6 +29,9 @@ def run_main(body, backend_from_flags=False, keras_now=True):
     except HelpRequested as e:
         print(e)
         return 0
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return 2
     except (ConfigError, DataError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -709,7 +709,8 @@ _HELP = {
     "or float64 (every layer and variable in double precision, from the float32 run's initial weights: a numerical "
     "reference run).",
     "jit_compile": "XLA compilation of the train step (auto: on when a GPU is present).",
-    "verbose": "Keras fit verbosity: 1 progress bar, 2 one line per epoch, 0 silent.",
+    "verbose": "1: a progress bar with the total loss and each part's accuracy (one plain line per epoch when the "
+    "output is not a terminal), 2: one line per epoch, 0: silent. Every loss term is in history.csv and TensorBoard.",
 }
 
 

@@ -9,6 +9,10 @@ class DataError(RuntimeError):
     """Data that is missing or cannot be read."""
 
 
+class UsageError(ConfigError):
+    """A command given too little to start: its text (several lines) says how to begin."""
+
+
 class HelpRequested(Exception):
     """``--help`` was given; the exception's text is the help to print."""
 

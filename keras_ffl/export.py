@@ -235,6 +235,7 @@ def export(source_model, config, part, formats, output_dir, tolerance=1e-4, pari
             "output": "logits [batch, classes]",
             "preprocessing": {**preprocessing_record(*config.normalization), "in_graph": True},
             "keras_parameters": int(keras_model.count_params()),
+            "batchnorm_channels": batchnorm_channels(keras_model),
             "parity": {"examples": int(len(images)), "tolerance": tolerance,
                        "keras_top1_on_these": float(np.mean(np.argmax(reference, -1) == labels))},
             "artifacts": artifacts,
@@ -267,6 +268,34 @@ def replace_directory(staging, target, overwrite):
         os.replace(staging, target)
 
 
+def batchnorm_channels(model):
+    """Channels normalised by BatchNorm layers: ONNX and TFLite fold each into the layer before it."""
+    import keras
+
+    return sum(int(layer.gamma.shape[0]) for layer in model._flatten_layers()
+               if isinstance(layer, keras.layers.BatchNormalization) and layer.scale)
+
+
+def parameter_note(metadata):
+    """Why a converted graph counts other numbers than Keras: each BatchNorm folded into the
+    convolution before it keeps 1 of its 4 numbers per channel (a bias; Keras counts scale,
+    offset, moving mean and variance), and a graph holds a few constants of its own."""
+    channels = metadata.get("batchnorm_channels", 0)
+    keras_count = metadata["keras_parameters"]
+    counts = {a["parameters"] for a in metadata["artifacts"].values() if a["parameters"] not in (None, keras_count)}
+    if not counts or not channels:
+        return ""
+    folded = keras_count - 3 * channels
+    lines = []
+    for fmt, artifact in metadata["artifacts"].items():
+        if artifact["parameters"] in counts:
+            extra = artifact["parameters"] - folded
+            constants = f", {extra:+,} constants of the graph" if extra else ""
+            lines.append(f"{fmt}: {artifact['parameters']:,} parameters = Keras's {keras_count:,} - 3 x {channels:,} "
+                         f"(each BatchNorm channel folded into the convolution before it{constants})")
+    return "\n".join(lines)
+
+
 def format_summary(metadata, output_dir):
     lines = [f"exported {metadata['source']} part {metadata['part']} to {output_dir} "
              f"({metadata['keras_parameters']:,} parameters in Keras; parity on {metadata['parity']['examples']} "
@@ -277,6 +306,9 @@ def format_summary(metadata, output_dir):
         params = f"{a['parameters']:,}" if a["parameters"] is not None else "-"
         lines.append(f"| {fmt} | {a['path']} | {a['bytes'] / 1e6:.2f} | {params} | {a['max_abs_diff']:.2e} | "
                      f"{100 * a['same_top1']:.1f}% |")
+    note = parameter_note(metadata)
+    if note:
+        lines += ["", note]
     if metadata["batch1_latency_ms"]:
         lines.append("")
         lines.append("batch-1 latency (median): " + ", ".join(

@@ -33,8 +33,14 @@ def resolve_flagfile(value, including_dir=""):
     for candidate in candidates:
         if os.path.isfile(candidate):
             return candidate
-    raise ConfigError(f"--flagfile={value}: no such file, and no zoo setting of that name "
-                      f"(the zoo has: {', '.join(zoo_flagfiles()) or 'none'})")
+    import difflib
+
+    known = zoo_flagfiles()
+    stem = name[:-len(".flags")] if name.endswith(".flags") else name
+    nearest = difflib.get_close_matches(stem, known, n=3, cutoff=0.4)
+    hint = (f"the nearest zoo settings: {', '.join(nearest)}" if nearest else
+            f"the zoo's {len(known)} settings are the .flags files in {zoo_dir()}" if known else "the zoo has none")
+    raise ConfigError(f"--flagfile={value}: no such file, and no zoo setting of that name ({hint})")
 
 
 def expand_flagfiles(argv, including_dir="", depth=0):

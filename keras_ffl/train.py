@@ -18,11 +18,36 @@ import time
 from keras_ffl import backend, run_dir
 from keras_ffl.cli import run_main
 from keras_ffl.config import check_download_possible, config_from_flags, parse_argv
+from keras_ffl.errors import HelpRequested, UsageError
+
+USAGE = """usage: python -m keras_ffl.train --flagfile=SETTING [--flag=value ...]
+       python -m keras_ffl.train --method=NAME [--flag=value ...]
+
+Start from one of these:
+  python -m keras_ffl.train --flagfile=quickstart_fashion_mnist
+      FFL, two ResNet-8 on 10,000 Fashion-MNIST images: about 3 minutes on 2 CPU cores
+  python -m keras_ffl.train --flagfile=res32_cifar100
+      a paper's setting by its zoo name (the .flags files in zoo/; a path works too)
+  python -m keras_ffl.train --method=dml --backbones=resnet20 --dataset=folder --data_dir=DIR --epochs=30
+      your own images, DIR/train/<class>/* and DIR/test/<class>/* (or --validation_fraction=0.1)
+
+Every flag, with the methods' own settings: python -m keras_ffl.train --help"""
+
+#: The sign that a command names what to train (a bare command would start a 300-epoch run).
+STARTING_FLAGS = ("--flagfile", "-flagfile", "--method", "-method")
 
 
 def parse_config(argv):
-    """argv -> validated Config (raises ConfigError)."""
-    config = config_from_flags(parse_argv(argv)).validated()
+    """argv -> validated Config (raises ConfigError; UsageError when it names neither a
+    flagfile nor a method; HelpRequested with the starting points first)."""
+    try:
+        flag_values = parse_argv(argv)
+    except HelpRequested as e:
+        raise HelpRequested(USAGE.replace("\n\nEvery flag", "\n\nFlags").rsplit("\n\n", 1)[0] + "\n\n"
+                            + str(e).split("\n\n", 1)[-1]) from None
+    if not any(arg.split("=")[0] in STARTING_FLAGS for arg in argv[1:]):
+        raise UsageError(USAGE)
+    config = config_from_flags(flag_values).validated()
     check_download_possible(config)
     run_dir.claim(config)
     return config
@@ -90,7 +115,8 @@ def _train(config, extra_callbacks):
     import keras
 
     from keras_ffl.build import build, initialize_from, warm_start
-    from keras_ffl.callbacks import AtomicCheckpoint, ResumeCheckpoint, Throughput, save_weights_in_step
+    from keras_ffl.callbacks import (AtomicCheckpoint, ResumeCheckpoint, Throughput, progress_callbacks,
+                                     save_weights_in_step)
     from keras_ffl.data import corrupt_records_named
     from keras_ffl.distribute import make_distribution
     from keras_ffl.report import format_table, summarize, write_report
@@ -133,6 +159,8 @@ def _train(config, extra_callbacks):
         callbacks += logging_callbacks(config)  # a row the resume trims, never a missing one
     callbacks += [resume, last]
     callbacks += list(extra_callbacks)
+    shown, fit_verbose = progress_callbacks(config.verbose, sys.stdout.isatty())
+    callbacks += shown
 
     # The stream starts where the resume checkpoint is, so a resumed epoch sees the same batches.
     train_stream = distribution.feed(data.train_from(start_epoch))
@@ -154,7 +182,7 @@ def _train(config, extra_callbacks):
             validation_data=distribution.feed(data.test) if config.validation_freq else None,
             validation_freq=config.validation_freq or 1,
             callbacks=callbacks,
-            verbose=config.verbose,
+            verbose=fit_verbose,
             shuffle=False,  # the stream is shuffled already
         )
     train_seconds = time.time() - started

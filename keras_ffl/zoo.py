@@ -93,6 +93,24 @@ def sha256_of(path):
 
 
 # ---------------------------------------------------------------------- download
+def bundled(name, manifest, base_url=None):
+    """The path of ``name``'s weights where they ship with keras_ffl (beside the manifest, in a
+    clone's zoo/ or a wheel's zoo_files/), checked against their sha256, when nothing asks for
+    another source (``--base_url``, $KERAS_FFL_ZOO_URL); else None.  Used in place: no copy."""
+    weights = get_entry(name, manifest).get("weights")
+    base = base_url or os.environ.get(ENV_BASE_URL) or manifest.get("base_url", "")
+    if not weights or urllib.parse.urlsplit(base).scheme:
+        return None
+    url = urllib.parse.urljoin(resolve_base_url(manifest), weights["url"])
+    path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+    if not os.path.isfile(path):
+        return None
+    if os.path.getsize(path) != weights["size"] or sha256_of(path) != weights["sha256"]:
+        raise ZooError(f"the bundled weights {path} do not match their sha256 in the manifest: reinstall keras_ffl, "
+                       "or pass --base_url to download them")
+    return path
+
+
 def download(name, manifest=None, base_url=None, cache=None, timeout=None):
     """Returns the local path of ``name``'s weights, downloading and checking them if needed
     (``timeout``: seconds to connect and for each read, default ``DEFAULT_TIMEOUT``)."""
@@ -101,6 +119,9 @@ def download(name, manifest=None, base_url=None, cache=None, timeout=None):
     weights = entry.get("weights")
     if not weights:
         raise ZooError(f"'{name}' has no published weights yet: train it with --flagfile={entry.get('flagfile')}")
+    local = bundled(name, manifest, base_url)
+    if local:
+        return local
     from keras_ffl.run_dir import check_can_create, remove_dead_partials
 
     folder = cache_dir(cache)
@@ -404,6 +425,9 @@ def main(argv=None):
         if command == "download":
             print(download(fv.name, manifest, fv.base_url or None, fv.cache_dir or None, fv.timeout))
             return 0
+        local = bundled(fv.name, manifest, fv.base_url or None)
+        if local:
+            print(f"weights: bundled with keras_ffl, sha256 checked ({local})", flush=True)
         from keras_ffl.report import format_table
 
         rows, entry, test_size = evaluate(fv.name, data_dir=fv.data_dir, manifest=manifest,

@@ -196,3 +196,13 @@ class KillAtStep(keras.callbacks.Callback):
 
 train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
 """
+
+
+#: What TensorFlow prints at start-up on these CPUs, whatever TF_CPP_MIN_LOG_LEVEL says.
+START_UP_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "single_machine.cc",
+                  "devices.cc", "FutureWarning")
+
+
+def assert_starts_quietly(result):
+    noisy = [line for line in result.stderr.splitlines() if any(n in line for n in START_UP_NOISE)]
+    assert not noisy, noisy

@@ -13,12 +13,12 @@ import keras
 import pytest
 
 from conftest import REPO
-from helpers import tiny_config, train_until_interrupted
+from helpers import assert_starts_quietly, tiny_config, train_until_interrupted
 from keras_ffl import run_dir
 from keras_ffl.build import build_model, compile_model
 
 TINY = [
-    "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
+    "--method=ffl", "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
     "--batch_size=16", "--eval_batch_size=16", "--epochs=2", "--lr_milestones=1", "--rampup_epochs=1", "--verbose=2",
 ]
 
@@ -61,7 +61,7 @@ def run_cli(module, *args, timeout=600):
 def test_bad_flags_exit_2_with_one_line_before_any_work(tmp_path, args, message):
     model_dir = tmp_path / "run"
     started = time.time()
-    result = run_cli("train", f"--model_dir={model_dir}", *args)
+    result = run_cli("train", "--method=ffl", f"--model_dir={model_dir}", *args)  # a later --method wins
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -227,8 +227,64 @@ def test_a_dataset_not_on_disk_fails_at_once_offline_saying_how_to_supply_it_and
     data = tmp_path / "data"
     data.mkdir()
     with pytest.raises(ConfigError, match=f"cifar10 is not in {data} and"):
-        parse_config(["train", "--dataset=cifar10", f"--data_dir={data}", f"--model_dir={tmp_path / 'run'}"])
+        parse_config(["train", "--method=ffl", "--dataset=cifar10", f"--data_dir={data}", f"--model_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="imagenet2012 is not prepared in .* pass --manual_dir"):
         parse_config(["train", "--flagfile=ffl_res34_imagenet", f"--model_dir={tmp_path / 'run'}"])
     assert time.time() - started < 30
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and not list(data.iterdir())
+
+
+# ------------------------------------------------------------------ the first hour
+def test_a_bare_train_command_shows_where_to_start_and_trains_nothing(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "keras_ffl.train"], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env=dict(os.environ, PYTHONPATH=REPO))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "Start from one of these" in result.stderr
+    for start in ("--flagfile=quickstart_fashion_mnist", "--flagfile=res32_cifar100", "--dataset=folder"):
+        assert start in result.stderr
+    assert not list(tmp_path.iterdir())  # no runs/ folder
+    helped = run_cli("train", "--help")
+    assert helped.returncode == 0 and helped.stdout.index("Start from one of these") < helped.stdout.index(
+        "general settings:") < helped.stdout.index("--method=ffl: FFL")
+
+
+def test_a_misspelt_method_or_flagfile_names_the_nearest(tmp_path):
+    method = run_cli("train", "--method=fll", f"--model_dir={tmp_path / 'run'}")
+    assert method.returncode == 2 and "did you mean 'ffl'?" in method.stderr
+    assert len(method.stderr.strip().splitlines()) == 1
+    flagfile = run_cli("train", "--flagfile=res32_cifar10", f"--model_dir={tmp_path / 'run'}")
+    line = flagfile.stderr.strip()
+    assert flagfile.returncode == 2 and "nearest zoo settings: res32_cifar100," in line and len(line) < 300
+    assert not (tmp_path / "run").exists()
+
+
+def test_training_to_a_pipe_prints_one_plain_line_per_epoch_and_starts_quietly(tmp_path):
+    model_dir = tmp_path / "run"
+    result = run_cli("train", f"--model_dir={model_dir}", *[f for f in TINY if f != "--verbose=2"], "--verbose=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_starts_quietly(result)
+    epochs = [line for line in result.stdout.splitlines() if line.startswith("epoch ")]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"]
+    assert "\r" not in result.stdout and "\x1b" not in result.stdout and "ce_net0" not in result.stdout
+    assert all(len(line) < 200 for line in result.stdout.splitlines()), max(map(len, result.stdout.splitlines()))
+    assert "top-1 % net0" in epochs[0] and "test loss" in epochs[1]
+    header = (model_dir / "history.csv").read_text().splitlines()[0].split(",")
+    assert {"ce_net0", "ce_fused", "kd_fused", "kd_net1", "acc_net0", "val_acc_fused"} <= set(header)
+    evaluated = run_cli("evaluate", f"--model_dir={model_dir}")
+    assert evaluated.returncode == 0 and "| fused |" in evaluated.stdout
+    assert_starts_quietly(evaluated)
+
+
+def test_the_progress_bar_shows_the_loss_and_each_part_accuracy_not_every_term(capsys):
+    import numpy as np
+
+    from keras_ffl import FFL, backbones
+
+    trunk, heads = backbones.build_branches("resnet8", (16, 16, 3), 4, num_branches=2)
+    model = FFL(heads, trunk=trunk)
+    model.compile(optimizer=keras.optimizers.SGD(0.01))
+    x, y = np.random.default_rng(0).normal(size=(32, 16, 16, 3)).astype("float32"), np.arange(32) % 4
+    history = model.fit(x, y, batch_size=16, epochs=1)  # the default verbose: a progress bar
+    shown = capsys.readouterr().out
+    assert "acc_net0" in shown and "loss" in shown and "ce_net0" not in shown and "kd_fused" not in shown
+    assert {"ce_net0", "kd_fused", "acc_fused"} <= set(history.history)  # every term kept

@@ -195,7 +195,7 @@ def test_a_numeric_flag_out_of_range_is_one_line_and_exit_2_from_the_command_lin
 
     env = dict(os.environ, PYTHONPATH=REPO)
     for flag in ("--momentum=-5", "--lr=nan"):
-        result = subprocess.run([sys.executable, "-m", "keras_ffl.train", "--dataset=synthetic", flag,
+        result = subprocess.run([sys.executable, "-m", "keras_ffl.train", "--method=ffl", "--dataset=synthetic", flag,
                                  f"--model_dir={tmp_path / 'run'}"], capture_output=True, text=True, env=env,
                                 timeout=120)
         lines = result.stderr.strip().splitlines()

@@ -18,7 +18,7 @@ from helpers import KILL_AT_STEP, read_weights, tiny_config, train_until_interru
 from keras_ffl import run_dir
 from keras_ffl.config import Config, ConfigError
 
-FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
+FLAGS = ["--method=ffl", "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
          "--batch_size=16", "--eval_batch_size=16", "--epochs=3", "--rampup_epochs=2", "--lr_milestones=2",
          "--lr=0.05", "--validation_freq=0", "--verbose=0"]
 

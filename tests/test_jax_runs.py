@@ -13,6 +13,7 @@ import pytest
 from test_backends import HERE, jax_env
 
 from conftest import REPO
+from helpers import assert_starts_quietly
 
 
 def test_jax_losses_and_optimisers():
@@ -38,6 +39,7 @@ def test_a_run_trained_on_jax_learns_and_evaluates_the_same_under_tensorflow(tmp
                             env=jax_env(), cwd=tmp_path, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Keras on jax" in result.stdout
+    assert_starts_quietly(result)  # TensorFlow, imported for the data, held back too
     report = json.loads((model_dir / "report.json").read_text())
     assert report["backend"] == "jax" and report["config"]["backend"] == "jax"
     # Learned, not merely ran: chance is 10%.  Two epochs of 63 steps end anywhere in 58-73%

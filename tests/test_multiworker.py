@@ -23,7 +23,7 @@ import pytest
 from helpers import KILL_AT_STEP, assert_within_float32_noise, kl_scales, read_weights
 from keras_ffl.train import parse_config, train
 
-FLAGS = ["--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
+FLAGS = ["--method=ffl", "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
          "--batch_size=16", "--eval_batch_size=16", "--epochs=2", "--steps_per_epoch=2", "--lr=0.02",
          "--lr_milestones=1", "--rampup_epochs=2", "--sync_bn", "--validation_freq=0", "--verbose=0"]
 

@@ -186,7 +186,7 @@ def test_any_tfds_name_trains_on_mock_data_and_an_unknown_one_is_refused(tmp_pat
     assert report["test_examples"] == 32 and set(report["results"]) >= {"net0", "fused"}
     saved = json.loads((tmp_path / "svhn" / "config.json").read_text())
     assert saved["train_size"] == 32 and len(saved["mean"]) == 3
-    unknown = run("-m", "keras_ffl.train", "--dataset=tfds:no_such_dataset", f"--model_dir={tmp_path / 'x'}")
+    unknown = run("-m", "keras_ffl.train", "--method=ffl", "--dataset=tfds:no_such_dataset", f"--model_dir={tmp_path / 'x'}")
     lines = unknown.stderr.strip().splitlines()
     assert unknown.returncode == 2 and len(lines) == 1 and "tfds:no_such_dataset" in lines[0], unknown.stderr
 
@@ -217,7 +217,7 @@ def test_a_tfds_dataset_not_prepared_is_one_line_that_says_how_and_download_can_
     keras_ffl declares), here stopped before any network access."""
     import tensorflow_datasets as tfds
 
-    missing = run("-m", "keras_ffl.train", "--dataset=tfds:mnist", f"--data_dir={tmp_path}", "--nodownload",
+    missing = run("-m", "keras_ffl.train", "--method=ffl", "--dataset=tfds:mnist", f"--data_dir={tmp_path}", "--nodownload",
                   f"--model_dir={tmp_path / 'run'}")
     lines = missing.stderr.strip().splitlines()
     assert missing.returncode == 2, missing.stderr

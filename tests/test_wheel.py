@@ -14,6 +14,7 @@ import sysconfig
 import pytest
 
 from conftest import REPO
+from helpers import assert_starts_quietly
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,10 @@ def test_zoo_lists_and_evaluates_a_published_model_from_the_wheel(installed):
     assert "vanilla_resnet8_fashion_mnist" in listed.stdout and "ffl_resnet8x2_fashion_mnist" in listed.stdout
     evaluated = run("-m", "keras_ffl.zoo", "evaluate", "--name=vanilla_resnet8_fashion_mnist")
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert_starts_quietly(evaluated)
     assert "largest difference 0.00 points" in evaluated.stdout  # the published accuracy, back
+    # The weights inside the package are used in place, and said to be: no download, no copy.
+    assert "weights: bundled with keras_ffl" in evaluated.stdout and "Downloading" not in evaluated.stdout
 
 
 def test_export_of_one_subnetwork_to_onnx_from_the_wheel(installed):
@@ -67,6 +71,8 @@ def test_export_of_one_subnetwork_to_onnx_from_the_wheel(installed):
     exported = run("-m", "keras_ffl.export", "--name=ffl_resnet8x2_fashion_mnist", "--part=net0", "--formats=onnx",
                    "--latency_runs=0", "--parity_examples=64")
     assert exported.returncode == 0, exported.stderr[-3000:]
+    assert_starts_quietly(exported)
+    assert "each BatchNorm channel folded into the convolution before it" in exported.stdout
     assert (work / "exports" / "ffl_resnet8x2_fashion_mnist_net0" / "model.onnx").exists()
 
 

@@ -76,7 +76,7 @@ def test_jax_alone_trains_evaluates_benchmarks_and_refuses_export(python_without
     write_cifar_archive(tmp_path, "cifar10", (rng.integers(0, 255, (40, 32, 32, 3)).astype(np.uint8),
                                               rng.integers(0, 10, 40)),
                         (rng.integers(0, 255, (20, 32, 32, 3)).astype(np.uint8), rng.integers(0, 10, 20)))
-    cifar = run(python, "-m", "keras_ffl.train", "--dataset=cifar10", f"--data_dir={tmp_path}",
+    cifar = run(python, "-m", "keras_ffl.train", "--method=ffl", "--dataset=cifar10", f"--data_dir={tmp_path}",
                 "--backbones=resnet8", "--batch_size=20", "--eval_batch_size=20", "--epochs=1", "--verbose=0",
                 "--validation_freq=0", f"--model_dir={tmp_path / 'cifar'}", cwd=tmp_path, keras_home=home)
     assert cifar.returncode == 0, cifar.stderr[-3000:]
@@ -100,7 +100,7 @@ def test_jax_alone_trains_evaluates_benchmarks_and_refuses_export(python_without
         export.stderr
     assert not (tmp_path / "export").exists()
 
-    asked = run(python, "-m", "keras_ffl.train", "--backend=tensorflow", f"--model_dir={tmp_path / 'tf'}",
+    asked = run(python, "-m", "keras_ffl.train", "--method=ffl", "--backend=tensorflow", f"--model_dir={tmp_path / 'tf'}",
                 cwd=tmp_path, keras_home=home)
     lines = asked.stderr.strip().splitlines()
     assert asked.returncode == 2 and len(lines) == 1 and "tensorflow backend is not installed" in lines[0], \

@@ -34,7 +34,7 @@ import numpy as np
 from keras import ops
 
 from keras_ffl import engines
-from keras_ffl.callbacks import EpochVariable
+from keras_ffl.callbacks import ConciseProgbar, EpochVariable
 from keras_ffl.losses import as_float, rampup_weight
 from keras_ffl.optimizers import OptimizerGroup
 
@@ -406,7 +406,9 @@ class OnlineDistiller(keras.Model):
         self.compile(**config)
 
     def fit(self, *args, **kwargs):
-        """Keras's ``fit``, with the callback that moves the ramp-up from epoch to epoch."""
+        """Keras's ``fit``, with the callback that moves the ramp-up from epoch to epoch, and a
+        progress bar showing the total loss and each part's top-1 accuracy (``ConciseProgbar``;
+        every loss term is still in the History and any logger) unless a ProgbarLogger is given."""
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
         callbacks = bound.arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
@@ -416,6 +418,9 @@ class OnlineDistiller(keras.Model):
             callbacks = list(callbacks or [])
             if not any(isinstance(c, EpochVariable) for c in callbacks):
                 callbacks.insert(0, EpochVariable())
+            verbose = bound.arguments.get("verbose", "auto")
+            if verbose not in (0, 2) and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+                callbacks.append(ConciseProgbar())
             bound.arguments["callbacks"] = callbacks
         arguments = dict(bound.arguments)
         arguments.pop("self")
