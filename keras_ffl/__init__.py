@@ -30,8 +30,16 @@ import sys
 
 __version__ = "0.2.0"
 
-_METHODS = ("FFL", "DML", "ONE", "AFD", "FFCL", "Vanilla", "OfflineKD", "CLILR", "OKDDip", "KDCL", "MCLOKD", "PCL",
-            "OnlineDistiller")
+
+
+def _method_classes():
+    """Every registered method's class name (its declaration's ``MODEL``; no Keras import)."""
+    from keras_ffl.methods import registry
+
+    return tuple(d.MODEL.rpartition(":")[2] for d in registry.declarations().values())
+
+
+_METHODS = (*_method_classes(), "OnlineDistiller")
 _MODULES = ("backbones", "losses", "layers", "methods", "zoo", "build", "optimizers", "data", "export")
 
 __all__ = [*_METHODS, *_MODULES, "OptimizerGroup", "import_keras_quietly", "__version__"]

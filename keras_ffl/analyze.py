@@ -23,7 +23,8 @@ import sys
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, parse_command
+from keras_ffl.config import ConfigError
+from keras_ffl.command_line import parse_command
 
 COMMANDS = ("gradcam", "similarity")
 

@@ -30,7 +30,8 @@ import time
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import Config, ConfigError, parse_argv
+from keras_ffl.config import Config, ConfigError
+from keras_ffl.command_line import define_general_flag, parse_argv
 from keras_ffl.methods import registry
 
 def suite():
@@ -44,11 +45,9 @@ def suite():
 
 
 def define_flags(flag_values):
-    flags.DEFINE_string("method", registry.DEFAULT, "Method to time.", flag_values=flag_values)
-    flags.DEFINE_list("backbones", ["resnet32"], "Backbone(s), as for training.", flag_values=flag_values)
-    flags.DEFINE_integer("num_branches", 2, "Sub-networks K.", flag_values=flag_values)
-    flags.DEFINE_string("topology", "auto", "auto, shared or independent.", flag_values=flag_values)
-    flags.DEFINE_integer("batch_size", 128, "Global batch size.", flag_values=flag_values)
+    # The settings a training run has too: train's own flags (help, default, choices).
+    for name in ("method", "backbones", "num_branches", "topology", "batch_size", "mixed_precision", "jit_compile"):
+        define_general_flag(name, flag_values)
     flags.DEFINE_integer("steps", 10, "Timed steps per epoch.", flag_values=flag_values)
     flags.DEFINE_integer("epochs", 4, "Rounds of `steps` steps each; the first one is warm-up.",
                          flag_values=flag_values)
@@ -56,9 +55,6 @@ def define_flags(flag_values):
                       flag_values=flag_values)
     flags.DEFINE_bool("reference", True, "Also time the raw step, CE-only training and the input pipeline.",
                       flag_values=flag_values)
-    flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_float16", "mixed_bfloat16"], "Precision policy.",
-                      flag_values=flag_values)
-    flags.DEFINE_enum("jit_compile", "auto", ["auto", "true", "false"], "XLA (auto: on a GPU).", flag_values=flag_values)
     flags.DEFINE_list("backend", [], "Keras backend(s) to time, e.g. tensorflow,jax (default: $KERAS_BACKEND, else "
                       "tensorflow).", flag_values=flag_values)
     flags.DEFINE_string("output", "", "Also write the JSON lines to this file.", flag_values=flag_values)

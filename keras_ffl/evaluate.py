@@ -11,7 +11,8 @@ import sys
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, parse_argv
+from keras_ffl.config import ConfigError
+from keras_ffl.command_line import parse_argv
 
 
 def define_flags(flag_values):

@@ -30,7 +30,8 @@ from absl import flags
 
 from keras_ffl.backend import INSTALL, installed
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, parse_argv
+from keras_ffl.config import ConfigError
+from keras_ffl.command_line import parse_argv
 from keras_ffl.files import atomic_write_text
 
 FORMATS = ("saved_model", "onnx", "tflite")

@@ -21,7 +21,8 @@ import sys
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import ConfigError, config_from_flags, parse_argv
+from keras_ffl.config import ConfigError
+from keras_ffl.command_line import config_from_flags, parse_argv
 from keras_ffl.files import atomic_write_text
 from keras_ffl.methods import registry
 

@@ -89,6 +89,21 @@ SPLITS = {
 }
 
 
+def split_points(family, segments):
+    """``{split name: segments before it}`` for a backbone class: the names (and their order,
+    the default first) are the family's in SPLITS, declared once; the class gives where each
+    falls in its own segments."""
+    names = SPLITS[family][0]
+    if len(names) != len(segments):
+        raise ValueError(f"{family}: {len(segments)} split positions for the split points {names}")
+    return dict(zip(names, segments))
+
+
+def splits_help():
+    """The ``--split`` choices of every family (for ``--help``)."""
+    return ", ".join(f"{family}: {'/'.join(names)}" for family, (names, _) in SPLITS.items())
+
+
 def split_names(backbone):
     return SPLITS[parse_backbone(backbone).family][0]
 

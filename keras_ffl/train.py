@@ -17,7 +17,8 @@ import time
 
 from keras_ffl import backend, run_dir
 from keras_ffl.cli import run_main
-from keras_ffl.config import check_download_possible, config_from_flags, parse_argv
+from keras_ffl.config import check_download_possible
+from keras_ffl.command_line import config_from_flags, parse_argv
 from keras_ffl.errors import HelpRequested, UsageError
 
 USAGE = """usage: python -m keras_ffl.train --flagfile=SETTING [--flag=value ...]

@@ -29,7 +29,8 @@ import urllib.request
 from absl import flags
 
 from keras_ffl.cli import run_main
-from keras_ffl.config import Config, ConfigError, parse_argv, parse_command
+from keras_ffl.config import Config, ConfigError
+from keras_ffl.command_line import parse_argv, parse_command
 from keras_ffl.files import atomic_write_text
 
 from keras_ffl.paths import zoo_dir
@@ -297,7 +298,7 @@ def publish(model_dir, name, flagfile="", description="", manifest_path=None, we
 def add_recipe(name, flagfile, description="", manifest_path=None):
     """An entry with no weights yet: the recipe (flagfile and config) and the model's parts."""
     from keras_ffl.build import build_model
-    from keras_ffl.config import config_from_flags
+    from keras_ffl.command_line import config_from_flags
 
     manifest = load_manifest(manifest_path)
     config = config_from_flags(parse_argv(["zoo", f"--flagfile={flagfile}"])).validated(check_data=False)

@@ -9,7 +9,8 @@ from keras_ffl.methods import registry
 
 from conftest import REPO
 from helpers import tiny_config
-from keras_ffl.config import Config, ConfigError, config_from_flags, parse_argv
+from keras_ffl.config import Config, ConfigError
+from keras_ffl.command_line import config_from_flags, parse_argv
 
 FLAGFILES = sorted(glob.glob(os.path.join(REPO, "zoo", "*.flags")))
 

@@ -10,7 +10,8 @@ import os
 
 import pytest
 
-from keras_ffl.config import Config, ConfigError, config_from_flags, help_text, parse_argv
+from keras_ffl.config import Config, ConfigError
+from keras_ffl.command_line import config_from_flags, help_text, parse_argv
 from keras_ffl.methods import registry
 from keras_ffl.methods.declaration import settings_of
 
@@ -127,3 +128,17 @@ def test_bench_and_reproduce_iterate_the_registry():
     assert bench.suite()[0]["method"] == registry.baseline()
     assert list(reproduce.SUITES["fashion_mnist"]["methods"])[0] == registry.baseline()
     assert set(reproduce.SUITES["fashion_mnist"]["methods"]) == set(standalone)
+
+
+def test_the_api_and_the_per_method_harnesses_cover_every_registered_method():
+    """A new method is in the public API by its declaration, and fails the suite until the
+    harnesses that take every method (the Python API checks, the cross-backend state check)
+    have a case for it."""
+    import keras_ffl
+    import test_api
+    import test_cross_backend
+
+    classes = {d.MODEL.rpartition(":")[2] for d in registry.declarations().values()}
+    assert classes <= set(keras_ffl.__all__) and all(getattr(keras_ffl, c).method_name for c in classes)
+    assert {m.split("-")[0] for m in test_api.METHODS} == set(registry.NAMES)
+    assert {case["method"] for case in test_cross_backend.CASES.values()} == set(registry.NAMES)

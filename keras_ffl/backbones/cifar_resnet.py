@@ -11,6 +11,7 @@ Shared-trunk split: stem and stages 1-2 are the trunk, stage 3 plus the head is 
 
 from keras import layers
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import Backbone, conv, dense_classifier
 
 
@@ -38,7 +39,7 @@ class PostActivationResNet(Backbone):
 class CifarResNet(PostActivationResNet):
     num_segments = 4  # stem, stage 1, stage 2, stage 3 + classifier
     #: ONE's split (the default) shares stages 1-2; MCL-OKD's shares stage 1 only.
-    split_points = {"stage2": 3, "stage1": 2}
+    split_points = specs.split_points("resnet", (3, 2))
 
     def __init__(self, depth, sync_bn=False):
         super().__init__(sync_bn)

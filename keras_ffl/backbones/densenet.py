@@ -17,6 +17,7 @@ and the classifier) and ``trans1`` (MCL-OKD and DML's split: block2 onwards per 
 
 from keras import layers
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import Backbone, conv, dense_classifier
 from keras_ffl.initializers import kaiming_normal
 
@@ -31,7 +32,7 @@ def fan_in_normal():
 class DenseNetBC(Backbone):
     name = "densenet40_12"
     num_segments = 4
-    split_points = {"trans2": 3, "trans1": 2}
+    split_points = specs.split_points("densenet", (3, 2))
 
     def __init__(self, sync_bn=False):
         super().__init__(sync_bn)

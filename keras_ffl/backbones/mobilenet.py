@@ -17,6 +17,7 @@ branch) by default, ``group2`` (the 8x8 -> 4x4 boundary) also offered.
 
 from keras import layers
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import Backbone, torch_padding
 from keras_ffl.initializers import kaiming_normal, linear_normal
 
@@ -25,7 +26,7 @@ GROUPS = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3,
 
 class MobileNetV2(Backbone):
     num_segments = 8  # conv1, groups 0-5, group 6 + conv2 + classifier
-    split_points = {"group4": 6, "group2": 4}
+    split_points = specs.split_points("mobilenet", (6, 4))
 
     def __init__(self, width=0.5, sync_bn=False):
         super().__init__(sync_bn)

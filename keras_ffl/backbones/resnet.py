@@ -17,6 +17,7 @@ ONE's ImageNet ResNet duplicating layer3 and layer4.
 
 from keras import layers
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import conv
 from keras_ffl.backbones.cifar_resnet import PostActivationResNet
 from keras_ffl.specs import RESNET4_BLOCKS
@@ -29,7 +30,7 @@ WIDTHS = (64, 128, 256, 512)
 class ResNet(PostActivationResNet):
     num_segments = 5  # stem, stages 1-3, stage 4 + classifier
     #: CIFAR stem: stage 4 per branch (the default there); ImageNet stem: stages 3-4 per branch.
-    split_points = {"stage3": 4, "stage2": 3, "stage1": 2}
+    split_points = specs.split_points("resnet4", (4, 3, 2))
 
     def __init__(self, depth, sync_bn=False):
         super().__init__(sync_bn)

@@ -19,6 +19,7 @@ the last stage, conv2 and the classifier per branch; ``layer1`` also offered).
 import keras
 from keras import layers, ops
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import Backbone, dense_classifier, torch_padding
 from keras_ffl.initializers import torch_default
 
@@ -61,7 +62,7 @@ class ChannelSlice(layers.Layer):
 class ShuffleNetV2(Backbone):
     name = "shufflenetv2"
     num_segments = 4
-    split_points = {"layer2": 3, "layer1": 2}
+    split_points = specs.split_points("shufflenet", (3, 2))
 
     def conv(self, x, filters, name, relu=True):
         x = layers.Conv2D(filters, 1, use_bias=False, kernel_initializer=torch_default(), name=name)(x)

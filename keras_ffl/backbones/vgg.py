@@ -16,6 +16,7 @@ per branch).
 
 from keras import layers
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import Backbone, conv_initializer, conv_layer
 from keras_ffl.initializers import linear_normal, torch_bias
 
@@ -30,7 +31,7 @@ def linear(units, name, bias_fan_in=None):
 
 class VGG16(Backbone):
     num_segments = 5
-    split_points = {"block4": 4, "block3": 3}
+    split_points = specs.split_points("vgg", (4, 3))
 
     def __init__(self, head="linear", dropout=0.0, sync_bn=False):
         super().__init__(sync_bn)

@@ -10,12 +10,13 @@ BN-ReLU and the head are a branch.  The last feature map is the final BN-ReLU ou
 
 from keras import layers
 
+from keras_ffl import specs
 from keras_ffl.backbones.base import Backbone, conv, dense_classifier
 
 
 class WideResNet(Backbone):
     num_segments = 4  # stem, stage 1, stage 2, stage 3 + final BN-ReLU + classifier
-    split_points = {"stage2": 3, "stage1": 2}
+    split_points = specs.split_points("wrn", (3, 2))
 
     def __init__(self, depth, width, sync_bn=False):
         super().__init__(sync_bn)

@@ -8,9 +8,11 @@ declarations first.
 
 import importlib
 
-#: Public class name -> method name, for ``from keras_ffl.methods import FFL``.
-_CLASSES = {"FFL": "ffl", "DML": "dml", "ONE": "one", "AFD": "afd", "FFCL": "ffcl", "Vanilla": "vanilla",
-            "OfflineKD": "kd", "CLILR": "cl_ilr", "OKDDip": "okddip", "KDCL": "kdcl", "MCLOKD": "mcl_okd", "PCL": "pcl"}
+from keras_ffl.methods import registry as _registry
+
+#: Public class name -> method name, for ``from keras_ffl.methods import FFL`` (each
+#: declaration's ``MODEL``).
+_CLASSES = {d.MODEL.rpartition(":")[2]: name for name, d in _registry.declarations().items()}
 _BASE = ("OnlineDistiller", "Gradient", "Update")
 
 __all__ = [*_BASE, *_CLASSES, "METHODS"]
