@@ -57,6 +57,10 @@ def define_flags(flag_values):
                       flag_values=flag_values)
     flags.DEFINE_list("backend", [], "Keras backend(s) to time, e.g. tensorflow,jax (default: $KERAS_BACKEND, else "
                       "tensorflow).", flag_values=flag_values)
+    flags.DEFINE_enum("compare", "", ["", "torch"], "torch: also time, in the same rounds and on the same batch, "
+                      "the PyTorch step of the same networks and loss (keras_ffl.torch_reference: the authors' code; "
+                      "channels_last, bfloat16 autocast under --mixed_precision=mixed_bfloat16) and print the ratios.",
+                      flag_values=flag_values)
     flags.DEFINE_string("output", "", "Also write the JSON lines to this file.", flag_values=flag_values)
     flags.DEFINE_string("child", "", "(internal) one configuration as JSON, measured in this process.",
                         flag_values=flag_values)
@@ -176,14 +180,36 @@ def device_name():
     return f"CPU ({os.cpu_count()} cores)"
 
 
-def measure(config, epochs, reference=True):
+def torch_timer(config, data):
+    """The PyTorch step of the method's paper code on the first training batch (the method's
+    declaration builds it), or ``(None, why)``."""
+    import numpy as np
+
+    inputs, labels = next(iter(data.train))
+    images = inputs["images"] if isinstance(inputs, dict) else inputs
+    try:
+        import torch
+    except ImportError:
+        return None, "PyTorch is not installed"
+    torch.manual_seed(0)
+    step = config.options.torch_reference_step(config, np.asarray(images), np.asarray(labels),
+                                               bfloat16=config.mixed_precision == "mixed_bfloat16")
+    if step is None:
+        return None, f"no PyTorch reference of --method={config.method} on {'+'.join(config.branch_backbones)}"
+    setup = "channels_last" + (", bfloat16 autocast" if step.bfloat16 else "") + f", {torch.get_num_threads()} threads"
+    return step, setup
+
+
+def measure(config, epochs, reference=True, compare=""):
     """Every figure for one configuration, in this process.
 
-    The method, its raw step and the CE-only networks are timed in alternating rounds (the
-    first one warm-up), so a machine that speeds up or slows down affects all three alike."""
+    The method, its raw step, the CE-only networks and (``compare="torch"``) the PyTorch step
+    are timed in alternating rounds (the first one warm-up), so a machine that speeds up or
+    slows down affects them all alike."""
     import resource
 
     import keras
+    import numpy as np
 
     if config.mixed_precision != "none":
         keras.mixed_precision.set_global_policy(config.mixed_precision)
@@ -193,12 +219,15 @@ def measure(config, epochs, reference=True):
         raw_step = raw_step_timer(model, data)
         baseline_config = ce_only_config(config)
         baseline, baseline_data = build_for_timing(baseline_config)
-    fit_rates, raw_rates, ce_rates = [], [], []
+    torch_step, torch_setup = torch_timer(config, data) if compare == "torch" else (None, "")
+    fit_rates, raw_rates, ce_rates, torch_rates = [], [], [], []
     for _ in range(epochs):
         fit_rates.append(fit_epoch(model, data, config))
         if reference:
             raw_rates.append(raw_step(steps))
             ce_rates.append(fit_epoch(baseline, baseline_data, baseline_config))
+        if torch_step is not None:
+            torch_rates.append(torch_step.images_per_sec(steps))
     images_per_sec = median(fit_rates[1:])
     result = {
         "method": config.method,
@@ -221,6 +250,17 @@ def measure(config, epochs, reference=True):
             "pipeline_images_per_sec": round(pipeline, 1),
             "pipeline_vs_step": round(pipeline / images_per_sec, 1),
         })
+    if compare == "torch":
+        result["torch_setup"] = torch_setup
+    if torch_step is not None:  # the same networks: as many weights trained on each side
+        result["trainable_parameters"] = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+        result["torch_parameters"] = sum(p.numel() for p in torch_step.model.parameters())
+    if torch_rates:
+        torch_rate = median(torch_rates[1:])
+        result.update({"torch_images_per_sec": round(torch_rate, 1),
+                       "fit_vs_torch": round(images_per_sec / torch_rate, 3)})
+        if reference:
+            result["raw_vs_torch"] = round(result["raw_images_per_sec"] / torch_rate, 3)
     result.update({
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "device": device_name(),
@@ -231,9 +271,9 @@ def measure(config, epochs, reference=True):
     return result
 
 
-def run_child(config, epochs, reference):
+def run_child(config, epochs, reference, compare=""):
     """Measures one configuration in a fresh interpreter; returns its result dict."""
-    payload = json.dumps({"config": config.to_dict(), "epochs": epochs, "reference": reference})
+    payload = json.dumps({"config": config.to_dict(), "epochs": epochs, "reference": reference, "compare": compare})
     env = dict(os.environ, KERAS_BACKEND=config.backend)
     proc = subprocess.run([sys.executable, "-m", "keras_ffl.bench", f"--child={payload}"], capture_output=True,
                           text=True, env=env)
@@ -250,7 +290,8 @@ def format_table(results):
                ("images_per_sec", "img/s (fit)"), ("step_ms", "step ms"), ("raw_images_per_sec", "raw img/s"),
                ("fit_vs_raw", "fit/raw"), ("ce_only_images_per_sec", "CE-only img/s"),
                ("overhead_vs_ce", "overhead vs CE"), ("pipeline_vs_step", "pipeline/step"),
-               ("peak_rss_mb", "peak RSS MB")]
+               ("torch_images_per_sec", "PyTorch img/s"), ("fit_vs_torch", "fit/PyTorch"),
+               ("raw_vs_torch", "raw/PyTorch"), ("peak_rss_mb", "peak RSS MB")]
     columns = [(k, h) for k, h in columns if any(k in r for r in results)]
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
@@ -262,7 +303,9 @@ def format_table(results):
             cells.append(str(value))
         lines.append("| " + " | ".join(cells) + " |")
     device = results[0]["device"] if results else ""
-    return "\n".join(lines) + f"\n\ndevice: {device}"
+    notes = sorted({r["torch_setup"] for r in results if r.get("torch_setup")})
+    compared = f"\nPyTorch step: {'; '.join(notes)}" if notes else ""
+    return "\n".join(lines) + f"\n\ndevice: {device}{compared}"
 
 
 def main(argv=None):
@@ -276,7 +319,8 @@ def main(argv=None):
             request = json.loads(fv.child)
             config = Config.from_dict(request["config"]).validated(check_data=False)
             import_quietly(config.backend)
-            print(json.dumps(measure(config, request["epochs"], request["reference"])), flush=True)
+            print(json.dumps(measure(config, request["epochs"], request["reference"], request.get("compare", ""))),
+                  flush=True)
             return 0
         if fv.batch_size <= 0 or fv.steps <= 0 or fv.epochs < 2:
             raise ConfigError("--batch_size and --steps must be positive and --epochs >= 2 (one is warm-up)")
@@ -291,7 +335,7 @@ def main(argv=None):
         configs = [bench_config(**spec, **common, backend=b) for spec in specs for b in backends]
         results = []
         for config in configs:
-            result = run_child(config, fv.epochs, fv.reference)
+            result = run_child(config, fv.epochs, fv.reference, fv.compare)
             print(json.dumps(result), flush=True)
             results.append(result)
             if fv.output:

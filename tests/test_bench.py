@@ -37,4 +37,20 @@ def test_tiny_configuration_emits_json_with_every_field(tmp_path):
 
 def test_bad_flags_exit_2():
     result = run_bench("--method=nope")
-    assert result.returncode == 2 and "unknown --method 'nope'" in result.stderr
+    assert result.returncode == 2 and "--method=nope: choose from ffl, dml" in result.stderr
+
+
+@pytest.mark.parametrize("method", ["ffl", "dml", "pcl"])
+def test_the_comparison_with_pytorch_times_the_same_networks_and_prints_the_ratio(method):
+    result = run_bench(f"--method={method}", "--backbones=resnet8", "--batch_size=16", "--steps=2", "--epochs=2",
+                       "--compare=torch", "--noreference", "--backend=tensorflow")
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = next(json.loads(s) for s in result.stdout.splitlines() if s.startswith("{"))
+    if method == "pcl":  # the repository has no PyTorch code of it: said, not faked
+        assert "torch_images_per_sec" not in row and "no PyTorch reference of --method=pcl" in row["torch_setup"]
+        return
+    assert row["torch_images_per_sec"] > 0
+    assert row["fit_vs_torch"] == pytest.approx(row["images_per_sec"] / row["torch_images_per_sec"], rel=0.01)
+    assert row["torch_parameters"] == row["trainable_parameters"]  # the same networks on both sides
+    assert row["torch_setup"].startswith("channels_last")
+    assert "fit/PyTorch" in result.stdout and "PyTorch step: channels_last" in result.stdout

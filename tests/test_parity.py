@@ -1,5 +1,5 @@
 """keras_ffl against independent PyTorch references of the authors' networks
-(``tests/torch_reference.py``), with keras_ffl's weights copied across.
+(``keras_ffl/torch_reference.py``), with keras_ffl's weights copied across.
 
 * Every backbone with a PyTorch reference pads exactly as it does: logits and last feature
   maps agree to 1e-4 (Keras's ``padding="same"`` at stride 2 would shift the sampling grid by
@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 import torch
 
-import torch_reference as ref
 from helpers import assert_within_float32_noise
 from keras_ffl import FFL, backbones
+from keras_ffl import torch_reference as ref
 from keras_ffl.build import set_precision
 
 

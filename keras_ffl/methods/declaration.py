@@ -48,6 +48,15 @@ def settings_of(options_class):
     return [(f, f.metadata["setting"]) for f in dataclasses.fields(options_class)]
 
 
+def cifar_resnet_depth(run):
+    """The depth of a run whose networks are all one CIFAR ResNet (the PyTorch reference has
+    them), else None."""
+    from keras_ffl import specs
+
+    parsed = {specs.parse_backbone(b) for b in run.backbones}
+    return parsed.pop().depth if len(parsed) == 1 and next(iter(parsed)).family == "resnet" else None
+
+
 def check_value(flag, value, meta):
     """ConfigError unless ``value`` is one of the choices and inside the bounds."""
     if meta.choices and value not in meta.choices:
@@ -202,6 +211,12 @@ class MethodOptions:
     def training_summary(self, run):
         """What a zoo entry says of this method's own training, beside the schedule."""
         return {}
+
+    def torch_reference_step(self, run, images, labels, bfloat16=False):
+        """A ``keras_ffl.torch_reference.TrainStep`` of the same networks and loss as the PyTorch
+        code of the method's paper, for ``bench --compare=torch``; None where the repository has
+        no PyTorch reference of it (or of these networks)."""
+        return None
 
     # --------------------------------------------------- hooks of build (Keras side)
     def model_arguments(self, run, context):

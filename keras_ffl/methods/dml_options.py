@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from keras_ffl.methods.declaration import MethodOptions, setting
+from keras_ffl.methods.declaration import MethodOptions, cifar_resnet_depth, setting
 
 UPDATE_ORDERS = ("synchronous", "sequential")
 
@@ -20,6 +20,18 @@ class DMLOptions(MethodOptions):
     update: str = setting("synchronous", "Update order: synchronous (one forward pass, the common re-implementation) "
                           "or sequential (the paper: update each network in turn, recomputing predictions).",
                           choices=UPDATE_ORDERS, old_flag="dml_update")
+
+    def torch_reference_step(self, run, images, labels, bfloat16=False):
+        """DML's synchronous step: independent networks, CE plus the mean KL to each peer."""
+        depth = cifar_resnet_depth(run)
+        if depth is None or self.update != "synchronous":
+            return None
+        from keras_ffl import torch_reference as ref
+
+        model = ref.Branches(depth, run.dataset_spec.num_classes, run.num_branches, shared=False)
+        return ref.TrainStep(model, lambda out, y: ref.dml_loss(out[0], y, run.temperature),
+                             ref.sgd_all(model, run.lr, run.weight_decay, run.momentum, run.nesterov), images,
+                             labels, bfloat16)
 
     def model_arguments(self, run, context):
         return dict(update=self.update)

@@ -4,7 +4,7 @@ import dataclasses
 
 from keras_ffl import specs
 from keras_ffl.errors import ConfigError
-from keras_ffl.methods.declaration import MethodOptions, setting
+from keras_ffl.methods.declaration import MethodOptions, cifar_resnet_depth, setting
 
 FUSION_MODES = ("module", "average")
 
@@ -36,6 +36,21 @@ class FFLOptions(MethodOptions):
                 raise ConfigError(f"--ffl_fusion=average needs equal feature channels, got {sorted(channels)}: use "
                                   "--ffl_fusion=module")
         return self
+
+    def torch_reference_step(self, run, images, labels, bfloat16=False):
+        """The FFL code's step: shared trunk (or independent networks) and fusion module, its loss
+        at the run's ramp-up weight of epoch 0, Nesterov SGD with the fusion module's own decay."""
+        depth = cifar_resnet_depth(run)
+        if depth is None or self.fusion != "module" or not (self.ensemble_kd and self.fusion_kd):
+            return None
+        from keras_ffl import torch_reference as ref
+
+        build = ref.FFL if run.topology == "shared" else ref.IndependentFFL
+        model = build(depth, run.dataset_spec.num_classes, run.num_branches)
+        weight = ref.rampup(0, run.rampup_epochs) if run.rampup_epochs else 1.0
+        return ref.TrainStep(model, lambda out, y: ref.ffl_loss(out[0], out[1], y, run.temperature, weight),
+                             ref.sgd(model, run.lr, run.weight_decay, self.fusion_weight_decay), images, labels,
+                             bfloat16)
 
     def model_arguments(self, run, context):
         return dict(fusion_channels=self.fusion_channels or None, fusion=self.fusion,

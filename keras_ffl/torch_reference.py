@@ -13,7 +13,9 @@
   (concatenation, depthwise 3x3, BN, ReLU, 1x1, BN, ReLU, pool, linear), with its loss.
 
 Modules are keyed by the names keras_ffl gives the same layers, which is all ``port`` uses to
-copy weights across; nothing here imports keras_ffl.
+copy weights across; nothing here imports keras_ffl.  The parity tests check keras_ffl's
+networks against these, and ``bench --compare=torch`` times a training step of them
+(``TrainStep``) beside keras_ffl's; only those import PyTorch.
 """
 
 import math
@@ -337,6 +339,78 @@ class FFL(nn.Module):
         shared = self.trunk(x)
         logits, maps = zip(*[head(shared) for head in self.heads])
         return list(logits), self.fusion(list(maps))
+
+
+class IndependentFFL(nn.Module):
+    """FFL over independent CIFAR ResNets (case 2): the fusion module over their last maps."""
+
+    def __init__(self, depth, num_classes, branches=2):
+        super().__init__()
+        self.networks = Branches(depth, num_classes, branches, shared=False)
+        self.fusion = FusionModule(64 * branches, 64, num_classes)
+
+    def forward(self, x):
+        logits, maps = self.networks(x)
+        return logits, self.fusion(maps)
+
+
+class Branches(nn.Module):
+    """K CIFAR ResNets: independent, or K heads on one shared trunk (FFL's and ONE's case 1);
+    ``forward`` gives ``(logits, last feature maps)`` of each."""
+
+    def __init__(self, depth, num_classes, branches, shared):
+        super().__init__()
+        self.trunk = CifarResNet(depth, num_classes, "trunk") if shared else None
+        part = "head" if shared else "whole"
+        self.heads = nn.ModuleList([CifarResNet(depth, num_classes, part) for _ in range(branches)])
+
+    def forward(self, x):
+        x = self.trunk(x) if self.trunk is not None else x
+        logits, maps = zip(*[head(x) for head in self.heads])
+        return list(logits), list(maps)
+
+
+def dml_loss(logits, labels, t):
+    """DML's synchronous update: each network's CE plus its mean KL to every peer (detached)."""
+    count = len(logits)
+    loss = sum(F.cross_entropy(z, labels) for z in logits)
+    for k, z in enumerate(logits):
+        loss = loss + sum(kl(z, logits[j], t) for j in range(count) if j != k) / (count - 1)
+    return loss
+
+
+class TrainStep:
+    """One PyTorch training step (forward, loss, backward, SGD update) of ``model`` on one
+    resident batch, channels_last, in bfloat16 autocast if asked: what the PyTorch code of a
+    paper runs per step, for ``bench --compare=torch``."""
+
+    def __init__(self, model, loss, optimizer, images_nhwc, labels, bfloat16=False):
+        self.model = model.to(memory_format=torch.channels_last).train()
+        self.loss, self.optimizer, self.bfloat16 = loss, optimizer, bfloat16
+        self.images = nchw(images_nhwc).float().contiguous(memory_format=torch.channels_last)
+        self.labels = torch.from_numpy(np.asarray(labels)).long()
+
+    def __call__(self):
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
+            loss = self.loss(self.model(self.images), self.labels)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def images_per_sec(self, steps):
+        import time
+
+        start = time.perf_counter()
+        for _ in range(steps):
+            loss = self()
+        float(loss)
+        return steps * len(self.labels) / (time.perf_counter() - start)
+
+
+def sgd_all(model, lr, weight_decay, momentum=0.9, nesterov=True):
+    """Every parameter at one coupled weight decay (DML's and the baseline's optimiser)."""
+    return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=weight_decay)
 
 
 def kl(student, teacher, t):
