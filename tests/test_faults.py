@@ -318,7 +318,7 @@ def test_an_interrupted_run_resumes_however_its_model_dir_is_spelled_or_wherever
     moved = dataclasses.replace(ffcl, model_dir=str(tmp_path / "b"), pretrained_dir="").validated(check_data=False)
     os.rename(tmp_path / "a", tmp_path / "b")
     assert run_dir.claim(moved) is True
-    with pytest.raises(ConfigError, match="differs in: pretrained_dir"):
+    with pytest.raises(ConfigError, match="differs in: ffcl_pretrained_dir"):
         run_dir.claim(dataclasses.replace(moved, pretrained_dir=str(tmp_path / "elsewhere")))
 
 

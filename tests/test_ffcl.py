@@ -93,8 +93,8 @@ def test_pretrained_copies_are_frozen_and_excluded_from_decay():
     [
         (dict(feature_knowledge=False, response_knowledge=False, regularization_knowledge=False), "use --method=vanilla"),
         (dict(topology="shared"), "does not support --topology=shared"),
-        (dict(fusion="average"), "FFCL fuses with the module"),
-        (dict(regularization_knowledge=False, pretrained_dir="/somewhere"), "only used with --regularization"),
+        (dict(fusion="average"), "--method=ffcl has no setting fusion"),  # FFL's ablation, not FFCL's
+        (dict(regularization_knowledge=False, pretrained_dir="/somewhere"), "only used with --ffcl_regularization_knowledge"),
         (dict(pretrained_dir="/nonexistent/run"), "no config.json"),
     ],
 )
@@ -104,7 +104,7 @@ def test_invalid_combinations(overrides, message):
 
 
 def test_pretrained_dir_is_only_for_ffcl():
-    with pytest.raises(ConfigError, match="only used by --method=ffcl"):
+    with pytest.raises(ConfigError, match="--method=dml has no setting pretrained_dir"):
         tiny_config(method="dml", pretrained_dir="/somewhere")
 
 

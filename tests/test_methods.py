@@ -197,11 +197,11 @@ def test_offline_kd_end_to_end(trained_teacher, tmp_path):
 
 
 def test_offline_kd_refuses_bad_teachers(trained_teacher, tmp_path):
-    with pytest.raises(ConfigError, match="needs --teacher_dir"):
+    with pytest.raises(ConfigError, match="needs --kd_teacher_dir"):
         tiny_config(method="kd")
     with pytest.raises(ConfigError, match="no config.json"):
         tiny_config(method="kd", teacher_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match="trained on synthetic, the student on fashion_mnist"):
+    with pytest.raises(ConfigError, match="--kd_teacher_dir was trained on synthetic, this run uses fashion_mnist"):
         tiny_config(method="kd", teacher_dir=trained_teacher, dataset="fashion_mnist")
     with pytest.raises(ConfigError, match="teacher_part=teacher: .*choose from net0, net1, ensemble, fused"):
         model_for(tiny_config(method="kd", teacher_dir=trained_teacher, teacher_part="teacher", num_branches=0))

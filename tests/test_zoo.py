@@ -223,13 +223,16 @@ def test_a_cache_dir_or_export_folder_that_cannot_be_written_is_one_line_and_not
 
 
 class EndlessHandler(http.server.BaseHTTPRequestHandler):
-    """A mirror that answers with no Content-Length and never stops sending."""
+    """A mirror that answers with no Content-Length and sends far past every size the tests
+    allow: 1 GiB, then it hangs up (a client that failed to stop must not fill the disk)."""
+
+    LIMIT = 1 << 30
 
     def do_GET(self):
         self.send_response(200)
         self.end_headers()
         try:
-            while True:
+            for _ in range(self.LIMIT // 65536):
                 self.wfile.write(b"\0" * 65536)
         except OSError:  # the client hung up
             pass
@@ -289,7 +292,12 @@ def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm
             assert child.poll() is None and time.time() < deadline, child.stderr.read()[-2000:]
             time.sleep(0.05)
         child.send_signal(signal.SIGINT)
-        assert child.wait(timeout=60) == 130
+        try:
+            code = child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            raise AssertionError(f"Ctrl-C did not stop the download: {child.communicate()[1][-2000:]}") from None
+        assert code == 130
         assert child.stderr.read().strip().splitlines() == ["interrupted"]
         assert cached_files(cache) == []
     finally:
