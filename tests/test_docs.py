@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 from conftest import REPO
+from helpers import assert_starts_quietly
 
 DOCUMENTS = ("README.md", "BUILD.md")
 
@@ -35,3 +36,5 @@ def test_python_block_runs(code, tmp_path, fashion_mnist_dir):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    if "import_keras_quietly()" in code:  # the README's session: as quiet as the command line
+        assert_starts_quietly(result)
