@@ -596,11 +596,11 @@ def check_tfds_name_available(c, where):
 
 def trained_run_config(model_dir, what, remedy):
     """The Config of a run that has weights (final or last checkpoint), on this process's backend
-    (weights load on any); ConfigError otherwise.  (The file names are run_dir's, which imports
-    this module.)"""
-    run = dataclasses.replace(Config.load(os.path.join(model_dir, "config.json")), backend="")
-    weights = [os.path.join(model_dir, n) for n in ("model.weights.h5", os.path.join("checkpoints", "last.weights.h5"))]
-    if not any(os.path.exists(w) for w in weights):
+    (weights load on any); ConfigError otherwise."""
+    from keras_ffl import run_dir  # the layout's owner (it imports this module at its top)
+
+    run = dataclasses.replace(Config.load(run_dir.path(model_dir, run_dir.CONFIG)), backend="")
+    if not any(os.path.exists(run_dir.path(model_dir, n)) for n in (run_dir.WEIGHTS, run_dir.LAST_CHECKPOINT)):
         raise ConfigError(f"{what} has no weights yet: {remedy}")
     return run
 
