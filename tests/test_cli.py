@@ -279,12 +279,17 @@ def test_the_progress_bar_shows_the_loss_and_each_part_accuracy_not_every_term(c
     import numpy as np
 
     from keras_ffl import FFL, backbones
+    from keras_ffl.callbacks import ConciseProgbar
 
     trunk, heads = backbones.build_branches("resnet8", (16, 16, 3), 4, num_branches=2)
     model = FFL(heads, trunk=trunk)
     model.compile(optimizer=keras.optimizers.SGD(0.01))
     x, y = np.random.default_rng(0).normal(size=(32, 16, 16, 3)).astype("float32"), np.arange(32) % 4
-    history = model.fit(x, y, batch_size=16, epochs=1)  # the default verbose: a progress bar
+    history = model.fit(x, y, batch_size=16, epochs=1)  # fit's default: captured output is no terminal
     shown = capsys.readouterr().out
-    assert "acc_net0" in shown and "loss" in shown and "ce_net0" not in shown and "kd_fused" not in shown
+    assert shown.startswith("epoch 1/1: ") and "top-1 % net0" in shown and shown.count("\n") == 1
+    assert "\x1b" not in shown and "\r" not in shown
     assert {"ce_net0", "kd_fused", "acc_fused"} <= set(history.history)  # every term kept
+    model.fit(x, y, batch_size=16, epochs=1, callbacks=[ConciseProgbar(terminal=True)])  # as on a terminal
+    bar = capsys.readouterr().out
+    assert "acc_net0" in bar and "loss" in bar and "ce_net0" not in bar and "kd_fused" not in bar

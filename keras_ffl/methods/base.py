@@ -407,8 +407,9 @@ class OnlineDistiller(keras.Model):
 
     def fit(self, *args, **kwargs):
         """Keras's ``fit``, with the callback that moves the ramp-up from epoch to epoch, and a
-        progress bar showing the total loss and each part's top-1 accuracy (``ConciseProgbar``;
-        every loss term is still in the History and any logger) unless a ProgbarLogger is given."""
+        progress bar showing the total loss and each part's top-1 accuracy (``ConciseProgbar``:
+        one line per epoch with ``verbose=2`` or off a terminal; every loss term is still in the
+        History and any logger) unless a ProgbarLogger is given."""
         bound = inspect.signature(keras.Model.fit).bind(self, *args, **kwargs)
         callbacks = bound.arguments.get("callbacks")
         if isinstance(callbacks, keras.callbacks.CallbackList):
@@ -419,8 +420,8 @@ class OnlineDistiller(keras.Model):
             if not any(isinstance(c, EpochVariable) for c in callbacks):
                 callbacks.insert(0, EpochVariable())
             verbose = bound.arguments.get("verbose", "auto")
-            if verbose not in (0, 2) and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
-                callbacks.append(ConciseProgbar())
+            if verbose != 0 and not any(isinstance(c, keras.callbacks.ProgbarLogger) for c in callbacks):
+                callbacks.append(ConciseProgbar(terminal=False) if verbose == 2 else ConciseProgbar())
             bound.arguments["callbacks"] = callbacks
         arguments = dict(bound.arguments)
         arguments.pop("self")
