@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from helpers import assert_starts_quietly
 from keras_ffl.analyze import explainers, feature_similarity, gradcam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -84,6 +85,7 @@ def test_cli_on_zoo_models(tmp_path, fashion_mnist_dir):
     assert "net0, net1, fused, vanilla net0" in result.stdout and png.read_bytes()[:4] == b"\x89PNG"
     result = run_cli("similarity", "--name=dml_resnet8x2_fashion_mnist", "--examples=64")
     assert result.returncode == 0, result.stderr
+    assert_starts_quietly(result)
     assert "| net0-net1 |" in result.stdout
     bad = run_cli("nothing")
     assert bad.returncode == 2 and "usage: python -m keras_ffl.analyze" in bad.stderr

@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from helpers import assert_starts_quietly
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {"method", "backbones", "batch_size", "images_per_sec", "step_ms", "peak_rss_mb", "raw_images_per_sec",
           "fit_vs_raw", "ce_only_images_per_sec", "overhead_vs_ce", "pipeline_images_per_sec", "pipeline_vs_step",
@@ -22,6 +24,7 @@ def test_tiny_configuration_emits_json_with_every_field(tmp_path):
     result = run_bench("--method=ffl", "--backbones=resnet8", "--num_branches=2", "--batch_size=16", "--steps=3",
                        "--epochs=2", f"--output={out}", "--backend=tensorflow,jax")
     assert result.returncode == 0, result.stderr
+    assert_starts_quietly(result)
     line, jax_line = [json.loads(s) for s in result.stdout.splitlines() if s.startswith("{")]
     assert FIELDS <= set(line) and FIELDS <= set(jax_line)
     assert (line["backend"], jax_line["backend"]) == ("tensorflow", "jax")
