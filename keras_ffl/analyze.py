@@ -193,7 +193,7 @@ def main(argv=None):
         rows = [(part, *gradcam(run, inputs, classes)) for part, run in explainers(model).items()]
         if fv.baseline:
             is_dir = os.path.exists(os.path.join(fv.baseline, "config.json"))
-            base, base_config, base_label = load_source("" if is_dir else fv.baseline, fv.baseline if is_dir else "")
+            base, base_config, _ = load_source("" if is_dir else fv.baseline, fv.baseline if is_dir else "")
             if base_config.dataset != config.dataset:
                 raise ConfigError(f"--baseline is trained on {base_config.dataset}, the model on {config.dataset}")
             rows.append((f"{base_config.method} net0", *gradcam(explainers(base)["net0"], inputs, classes)))

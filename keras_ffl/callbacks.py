@@ -9,6 +9,7 @@ import time
 
 import keras
 
+from keras_ffl import keras_private
 from keras_ffl.errors import ResumeError, WriteError
 
 
@@ -212,7 +213,7 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
                 print(f"warning: resume checkpoint {path} cannot be read ({detail}); trying the previous one",
                       file=sys.stderr, flush=True)
                 continue
-            model._initial_epoch = epoch
+            keras_private.set_initial_epoch(model, epoch)
             return epoch
         if found:  # starting over would overwrite them: the user decides
             raise ResumeError(f"no resume checkpoint in {self.backup_dir} can be read; move that folder away to "
@@ -232,7 +233,7 @@ class ResumeCheckpoint(keras.callbacks.BackupAndRestore):
     def _save_model(self):
         if self.diverged:
             return
-        path = os.path.join(self.backup_dir, f"epoch-{self._current_epoch}.weights.h5")
+        path = os.path.join(self.backup_dir, f"epoch-{keras_private.backup_epoch(self)}.weights.h5")
         save_weights_in_step(self.model, path, self.write, self.join)
         if self.write:
             for _, old in self.checkpoints()[self.keep:]:

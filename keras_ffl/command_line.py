@@ -13,7 +13,7 @@ from absl import flags
 
 from keras_ffl import specs
 from keras_ffl.config import DATA_FACTS, Config
-from keras_ffl.errors import ConfigError, HelpRequested
+from keras_ffl.errors import ConfigError, HelpRequested, suggestion
 from keras_ffl.methods import registry
 from keras_ffl.methods.declaration import settings_of
 
@@ -130,7 +130,7 @@ class ChoiceParser(flags.EnumParser):
             return super().parse(argument)
         except ValueError:
             raise ValueError(f"choose from {', '.join(self.enum_values)}"
-                             f"{registry.suggestion(argument, self.enum_values)}") from None
+                             f"{suggestion(argument, self.enum_values)}") from None
 
 
 def define_flag(name, default, help_, choices, flag_values, module_name, like=None):

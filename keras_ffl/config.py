@@ -13,8 +13,8 @@ import json
 import os
 
 from keras_ffl import specs
-from keras_ffl.errors import ConfigError  # noqa: F401 - re-exported
-from keras_ffl.files import atomic_write_text  # noqa: F401 - re-exported for older imports
+from keras_ffl.errors import ConfigError, suggestion  # noqa: F401 - ConfigError re-exported
+from keras_ffl.files import atomic_write_text
 from keras_ffl.methods import registry
 from keras_ffl.methods.declaration import check_value, settings_of
 
@@ -91,7 +91,7 @@ class Config:
         declaration = registry.find(self.method)
         if declaration is None:  # reported by ``validated`` with the choices
             if values or self.options is not None:
-                raise ConfigError(f"unknown --method '{self.method}'{registry.suggestion(self.method, registry.NAMES)}")
+                raise ConfigError(f"unknown --method '{self.method}'{suggestion(self.method, registry.NAMES)}")
             return
         options = self.options
         if options is None:
@@ -241,8 +241,8 @@ class Config:
         if isinstance(values.get("augment"), bool):  # config.json before augmentation recipes had names
             values["augment"] = "auto" if values["augment"] else "none"
         settings = {k: v for k, v in flat.items() if k in own_old}  # other methods' flat defaults: not this run's
-        if settings.get("fusion_weight_decay") == -1.0:  # the old "the method's own" marker
-            del settings["fusion_weight_decay"]
+        if declaration is not None:
+            settings = declaration.legacy_values(settings)
         settings.update(own or {})
         settings = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
         return cls(**values, **settings)
@@ -300,8 +300,9 @@ def check_networks(c, method):
         num_branches = len(canonical)
     else:
         num_branches = c.num_branches or method.DEFAULT_BRANCHES
-    if num_branches < method.MIN_BRANCHES:
-        raise ConfigError(f"--method={c.method} needs at least {method.MIN_BRANCHES} sub-networks, got {num_branches}")
+    fewest = c.options.min_branches()
+    if num_branches < fewest:
+        raise ConfigError(f"--method={c.method} needs at least {fewest} sub-networks, got {num_branches}")
     homogeneous = len(set(canonical)) == 1
     if method.SAME_ARCHITECTURE and not homogeneous:
         raise ConfigError(f"--method={c.method} needs the same architecture for every branch, got {', '.join(canonical)}")
@@ -407,6 +408,9 @@ def check_dataset(c, check_data):
     returns the Config with the folder's class names filled in."""
     if c.image_size < 0 or not 0.0 <= c.validation_fraction < 1.0:
         raise ConfigError("--image_size must be >= 0 and --validation_fraction in [0, 1)")
+    named = (*specs.DATASETS, "folder")
+    if c.dataset.lower() in named and c.dataset not in named:  # any case, as --method takes
+        c = dataclasses.replace(c, dataset=c.dataset.lower())
     if c.dataset in specs.DATASETS:
         for name, value, default in (("image_size", c.image_size, 0), ("validation_fraction", c.validation_fraction,
                                                                         0.0), ("train_split", c.train_split, "train"),
@@ -438,8 +442,8 @@ def check_dataset(c, check_data):
         if c.validation_fraction:
             raise ConfigError("--validation_fraction is for folders without test/; tfds:NAME uses --test_split")
         return c
-    raise ConfigError(f"unknown --dataset '{c.dataset}': choose from {', '.join(sorted(specs.DATASETS))}, folder "
-                      "(your own images, --data_dir) or tfds:NAME")
+    raise ConfigError(f"unknown --dataset '{c.dataset}'{suggestion(c.dataset, named)}: choose from "
+                      f"{', '.join(sorted(specs.DATASETS))}, folder (your own images, --data_dir) or tfds:NAME")
 
 
 def check_tfds_name(name):

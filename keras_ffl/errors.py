@@ -1,5 +1,7 @@
 """Errors whose message is one line meant for the user (no TensorFlow import here)."""
 
+import difflib
+
 
 class ConfigError(ValueError):
     """A configuration that cannot run: bad flags, incompatible settings, a taken model_dir."""
@@ -24,3 +26,9 @@ class WriteError(OSError):
 
 class ResumeError(RuntimeError):
     """A resume checkpoint that looked whole could not be loaded."""
+
+
+def suggestion(value, choices):
+    """``" (did you mean 'ffl'?)"`` for the nearest of ``choices`` to a misspelt ``value``, or ""."""
+    close = difflib.get_close_matches(str(value).lower(), [str(c) for c in choices], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -273,7 +273,9 @@ def batchnorm_channels(model):
     """Channels normalised by BatchNorm layers: ONNX and TFLite fold each into the layer before it."""
     import keras
 
-    return sum(int(layer.gamma.shape[0]) for layer in model._flatten_layers()
+    from keras_ffl import keras_private
+
+    return sum(int(layer.gamma.shape[0]) for layer in keras_private.all_layers(model)
                if isinstance(layer, keras.layers.BatchNormalization) and layer.scale)
 
 

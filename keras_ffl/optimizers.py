@@ -14,6 +14,8 @@ the method declares for it (``OnlineDistiller.update_plan``), and advances the g
 
 import keras
 
+from keras_ffl import keras_private
+
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class OptimizerGroup(keras.optimizers.Optimizer):
@@ -49,15 +51,15 @@ class OptimizerGroup(keras.optimizers.Optimizer):
 
     @property
     def variables(self):
-        return self._variables[:] + [v for role in self.roles for v in getattr(self, role).variables]
+        return keras_private.own_optimizer_variables(self)[:] + [v for role in self.roles for v in getattr(self, role).variables]
 
     # The group's own variables only: each member saves and loads its own state.
     def save_own_variables(self, store):
-        for i, variable in enumerate(self._variables):
+        for i, variable in enumerate(keras_private.own_optimizer_variables(self)):
             store[str(i)] = variable.numpy()
 
     def load_own_variables(self, store):
-        for i, variable in enumerate(self._variables):
+        for i, variable in enumerate(keras_private.own_optimizer_variables(self)):
             variable.assign(store[str(i)])
 
     # Callbacks such as ReduceLROnPlateau act on ``model.optimizer.learning_rate``: that is the
@@ -79,15 +81,7 @@ class OptimizerGroup(keras.optimizers.Optimizer):
 
     def finalize_variable_values(self, var_list):
         for optimizer in self.members.values():
-            optimizer.finalize_variable_values([v for v in var_list if self._known_to(optimizer, v)])
-
-    @staticmethod
-    def _known_to(optimizer, variable):
-        try:
-            optimizer._get_variable_index(variable)
-            return True
-        except KeyError:
-            return False
+            optimizer.finalize_variable_values([v for v in var_list if keras_private.knows_variable(optimizer, v)])
 
     def get_config(self):
         return {

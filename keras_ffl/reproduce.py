@@ -41,7 +41,6 @@ SUITES = {
         "methods": quickstart_methods(),
     },
 }
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def define_flags(flag_values):
@@ -92,12 +91,12 @@ def teacher_row(rows):
 
 
 def markdown(summary, seeds, test_examples):
+    baseline = registry.baseline()
     lines = [f"Top-1 accuracy (%) on {test_examples} Fashion-MNIST test images, mean ± std over seeds "
              f"{', '.join(map(str, seeds))}", "",
-             "| method | sub-networks | S-avg | ensemble | fused / teacher | S-avg vs vanilla |",
+             f"| method | sub-networks | S-avg | ensemble | fused / teacher | S-avg vs {baseline} |",
              "|---|---|---:|---:|---:|---:|"]
-    baseline = registry.baseline()
-    vanilla = summary.get(baseline, {}).get("S-avg", {}).get("mean")
+    baseline_s_avg = summary.get(baseline, {}).get("S-avg", {}).get("mean")
 
     def cell(stat):
         return f"{stat['mean']:.2f} ± {stat['std']:.2f}" if stat else "-"
@@ -105,7 +104,8 @@ def markdown(summary, seeds, test_examples):
     for method, rows in summary.items():
         nets = ", ".join(f"{rows[r]['mean']:.2f}" for r in rows if r.startswith("net"))
         teacher = teacher_row(rows)
-        delta = f"{rows['S-avg']['mean'] - vanilla:+.2f}" if vanilla is not None and method != baseline else "-"
+        delta = (f"{rows['S-avg']['mean'] - baseline_s_avg:+.2f}" if baseline_s_avg is not None and method != baseline
+                 else "-")
         lines.append(f"| {method} | {nets} | {cell(rows['S-avg'])} | {cell(rows['ensemble'])} | "
                      f"{cell(rows[teacher]) + f' ({teacher})' if teacher else '-'} | {delta} |")
     return "\n".join(lines)
@@ -170,7 +170,7 @@ def plot(summary, curves, output_dir):
     ax.set_ylim(min(values) - 2, max(values) + 1)
     ax.set_xticks(np.arange(len(methods)), methods)
     ax.set_ylabel("test top-1 (%)")
-    ax.set_title("Against vanilla (mean ± std over seeds)")
+    ax.set_title(f"Against {baseline} (mean ± std over seeds)")
     ax.legend(fontsize=8, ncol=4, loc="lower center")
     save(fig, os.path.join(output_dir, "bars.png"))
 

@@ -8,6 +8,8 @@ the same names.
 import dataclasses
 import re
 
+from keras_ffl.errors import suggestion
+
 BACKBONE_FORMS = (
     "resnet<6n+2> (CIFAR ResNet: resnet8, resnet20, resnet32, resnet56, resnet110), "
     "resnet18 / resnet34 (4-stage BasicBlock ResNet), wrn<6n+4>_<k> (e.g. wrn16_2, wrn28_10), "
@@ -15,15 +17,30 @@ BACKBONE_FORMS = (
     "mobilenetv2 (width 0.5) / mobilenetv2_w1"
 )
 
-#: Fixed-architecture backbones: name -> (family, channels of the last feature map).
+#: Each backbone family once: its builder (``"module:Class"``, imported when a network is
+#: built), and where it can be split for a shared trunk: its split points (ONE's split first,
+#: the default) and the earlier one MCL-OKD and CL-ILR's hierarchy use.  The class gives where
+#: each split point falls in its own segments (``split_points``).
+FAMILIES = {
+    "resnet": ("keras_ffl.backbones.cifar_resnet:CifarResNet", ("stage2", "stage1"), "stage1"),
+    "wrn": ("keras_ffl.backbones.wrn:WideResNet", ("stage2", "stage1"), "stage1"),
+    "resnet4": ("keras_ffl.backbones.resnet:ResNet", ("stage3", "stage2", "stage1"), "stage2"),
+    "densenet": ("keras_ffl.backbones.densenet:DenseNetBC", ("trans2", "trans1"), "trans1"),
+    "vgg": ("keras_ffl.backbones.vgg:VGG16", ("block4", "block3"), "block3"),
+    "shufflenet": ("keras_ffl.backbones.shufflenet:ShuffleNetV2", ("layer2", "layer1"), "layer1"),
+    "mobilenet": ("keras_ffl.backbones.mobilenet:MobileNetV2", ("group4", "group2"), "group2"),
+}
+
+#: Fixed-architecture backbones: name -> (family, channels of the last feature map, the
+#: builder's arguments).  ``test_backbones`` holds each built network to its channels.
 NAMED_BACKBONES = {
-    "densenet40_12": ("densenet", 132),
-    "vgg16": ("vgg", 512),
-    "vgg16_3fc": ("vgg", 512),
-    "vgg16_3fc_dropout": ("vgg", 512),
-    "shufflenetv2": ("shufflenet", 1024),
-    "mobilenetv2": ("mobilenet", 1280),
-    "mobilenetv2_w1": ("mobilenet", 1280),
+    "densenet40_12": ("densenet", 132, {}),
+    "vgg16": ("vgg", 512, {"head": "linear"}),
+    "vgg16_3fc": ("vgg", 512, {"head": "3fc"}),
+    "vgg16_3fc_dropout": ("vgg", 512, {"head": "3fc", "dropout": 0.5}),
+    "shufflenetv2": ("shufflenet", 1024, {}),
+    "mobilenetv2": ("mobilenet", 1280, {"width": 0.5}),
+    "mobilenetv2_w1": ("mobilenet", 1280, {"width": 1.0}),
 }
 ALIASES = {"densenet40-12": "densenet40_12", "densenet_bc40_12": "densenet40_12", "shufflenet_v2": "shufflenetv2",
            "shufflev2": "shufflenetv2", "mobilenet_v2": "mobilenetv2", "mobile_half": "mobilenetv2"}
@@ -34,7 +51,7 @@ RESNET4_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    family: str  # "resnet" (CIFAR, 3 stages), "resnet4" (ResNet-18/34), "wrn", or a NAMED_BACKBONES family
+    family: str  # a FAMILIES key: "resnet" (CIFAR, 3 stages), "resnet4" (ResNet-18/34), "wrn", ...
     depth: int = 0
     width: int = 1
     named: str = ""
@@ -44,6 +61,13 @@ class BackboneSpec:
         if self.named:
             return self.named
         return f"wrn{self.depth}_{self.width}" if self.family == "wrn" else f"resnet{self.depth}"
+
+    @property
+    def builder_arguments(self):
+        """Keyword arguments of its family's builder class."""
+        if self.named:
+            return dict(NAMED_BACKBONES[self.named][2])
+        return {"depth": self.depth, **({"width": self.width} if self.family == "wrn" else {})}
 
     @property
     def feature_channels(self):
@@ -73,27 +97,16 @@ def parse_backbone(name):
         if depth >= 10 and (depth - 4) % 6 == 0 and width >= 1:
             return BackboneSpec("wrn", depth, width)
         raise ValueError(f"backbone '{name}': WRN depth must be 6n+4 (10, 16, 22, 28, 40...) and width >= 1")
-    raise ValueError(f"unknown backbone '{name}': expected {BACKBONE_FORMS}")
-
-
-#: Where each backbone family can be split for a shared trunk: its split points (ONE's split
-#: first, the default), and the earlier one MCL-OKD and CL-ILR's hierarchy use.
-SPLITS = {
-    "resnet": (("stage2", "stage1"), "stage1"),
-    "wrn": (("stage2", "stage1"), "stage1"),
-    "resnet4": (("stage3", "stage2", "stage1"), "stage2"),
-    "densenet": (("trans2", "trans1"), "trans1"),
-    "vgg": (("block4", "block3"), "block3"),
-    "shufflenet": (("layer2", "layer1"), "layer1"),
-    "mobilenet": (("group4", "group2"), "group2"),
-}
+    examples = ("resnet8", "resnet20", "resnet32", "resnet56", "resnet110", "resnet18", "resnet34", "wrn16_2",
+                "wrn28_10", "wrn40_2", *NAMED_BACKBONES)
+    raise ValueError(f"unknown backbone '{name}'{suggestion(text, examples)}: expected {BACKBONE_FORMS}")
 
 
 def split_points(family, segments):
     """``{split name: segments before it}`` for a backbone class: the names (and their order,
-    the default first) are the family's in SPLITS, declared once; the class gives where each
+    the default first) are the family's in FAMILIES, declared once; the class gives where each
     falls in its own segments."""
-    names = SPLITS[family][0]
+    names = FAMILIES[family][1]
     if len(names) != len(segments):
         raise ValueError(f"{family}: {len(segments)} split positions for the split points {names}")
     return dict(zip(names, segments))
@@ -101,15 +114,15 @@ def split_points(family, segments):
 
 def splits_help():
     """The ``--split`` choices of every family (for ``--help``)."""
-    return ", ".join(f"{family}: {'/'.join(names)}" for family, (names, _) in SPLITS.items())
+    return ", ".join(f"{family}: {'/'.join(names)}" for family, (_, names, _) in FAMILIES.items())
 
 
 def split_names(backbone):
-    return SPLITS[parse_backbone(backbone).family][0]
+    return FAMILIES[parse_backbone(backbone).family][1]
 
 
 def early_split(backbone):
-    return SPLITS[parse_backbone(backbone).family][1]
+    return FAMILIES[parse_backbone(backbone).family][2]
 
 
 @dataclasses.dataclass(frozen=True)

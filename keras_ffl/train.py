@@ -29,7 +29,7 @@ Start from one of these:
       FFL, two ResNet-8 on 10,000 Fashion-MNIST images: about 3 minutes on 2 CPU cores
   python -m keras_ffl.train --flagfile=res32_cifar100
       a paper's setting by its zoo name (the .flags files in zoo/; a path works too)
-  python -m keras_ffl.train --method=dml --backbones=resnet20 --dataset=folder --data_dir=DIR --epochs=30
+  python -m keras_ffl.train --flagfile=quickstart_fashion_mnist --dataset=folder --data_dir=DIR
       your own images, DIR/train/<class>/* and DIR/test/<class>/* (or --validation_fraction=0.1)
 
 Every flag, with the methods' own settings: python -m keras_ffl.train --help"""
@@ -45,7 +45,7 @@ def parse_config(argv):
         flag_values = parse_argv(argv)
     except HelpRequested as e:
         raise HelpRequested(USAGE.replace("\n\nEvery flag", "\n\nFlags").rsplit("\n\n", 1)[0] + "\n\n"
-                            + str(e).split("\n\n", 1)[-1]) from None
+                            + str(e).split("\n\n", 1)[-1].lstrip("\n")) from None
     if not any(arg.split("=")[0] in STARTING_FLAGS for arg in argv[1:]):
         raise UsageError(USAGE)
     config = config_from_flags(flag_values).validated()
@@ -64,7 +64,9 @@ def run_pretraining(config, extra_callbacks=()):
     if stage is None or os.path.exists(run_dir.path(stage.model_dir, run_dir.REPORT)):
         return
     run_dir.claim(stage)
-    print(f"Pre-training stage: each peer alone with cross-entropy, into {stage.model_dir}", flush=True)
+    from keras_ffl.methods import registry
+
+    print(f"Pre-training stage, {registry.get(stage.method).TITLE}, into {stage.model_dir}", flush=True)
     train(stage, extra_callbacks)
     print("Pre-training stage done; collaborative training starts", flush=True)
 
@@ -78,17 +80,6 @@ def logging_callbacks(config):
         callbacks.append(keras.callbacks.TensorBoard(run_dir.path(config.model_dir, run_dir.TENSORBOARD),
                                                      profile_batch=0))
     return callbacks
-
-
-def GeneralWeights(images, labels):
-    """A callback that sets KDCL General's weights from held-out images at each epoch's start."""
-    import keras
-
-    class Callback(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.model.update_general_weights(images, labels)
-
-    return Callback()
 
 
 def train(config, extra_callbacks=()):
@@ -153,9 +144,7 @@ def _train(config, extra_callbacks):
     if chief:  # one row per finished epoch: rows past the resume point (or torn) are trained again
         run_dir.trim_history(config.model_dir, start_epoch)
     last = AtomicCheckpoint(run_dir.path(config.model_dir, run_dir.LAST_CHECKPOINT), write=chief, join=join)
-    callbacks = [throughput, keras.callbacks.TerminateOnNaN()]
-    if data.holdout is not None:  # KDCL General: its weights from the held-out images, every epoch
-        callbacks.insert(0, GeneralWeights(*data.holdout))
+    callbacks = [*config.options.callbacks(config, data), throughput, keras.callbacks.TerminateOnNaN()]
     if chief:  # an epoch's history row is written before its checkpoints: a kill between them leaves
         callbacks += logging_callbacks(config)  # a row the resume trims, never a missing one
     callbacks += [resume, last]

@@ -95,20 +95,22 @@ def sha256_of(path):
 
 # ---------------------------------------------------------------------- download
 def bundled(name, manifest, base_url=None):
-    """The path of ``name``'s weights where they ship with keras_ffl (beside the manifest, in a
-    clone's zoo/ or a wheel's zoo_files/), checked against their sha256, when nothing asks for
-    another source (``--base_url``, $KERAS_FFL_ZOO_URL); else None.  Used in place: no copy."""
+    """The path of ``name``'s weights where they lie on this machine: shipped with keras_ffl
+    (beside the manifest, in a clone's zoo/ or a wheel's zoo_files/), or in a folder that
+    ``--base_url`` / $KERAS_FFL_ZOO_URL names as a path; checked against their sha256; None where
+    the source is a URL or holds no such file.  Used in place: no copy."""
     weights = get_entry(name, manifest).get("weights")
     base = base_url or os.environ.get(ENV_BASE_URL) or manifest.get("base_url", "")
     if not weights or urllib.parse.urlsplit(base).scheme:
         return None
-    url = urllib.parse.urljoin(resolve_base_url(manifest), weights["url"])
+    url = urllib.parse.urljoin(resolve_base_url(manifest, base), weights["url"])
     path = urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
     if not os.path.isfile(path):
         return None
     if os.path.getsize(path) != weights["size"] or sha256_of(path) != weights["sha256"]:
-        raise ZooError(f"the bundled weights {path} do not match their sha256 in the manifest: reinstall keras_ffl, "
-                       "or pass --base_url to download them")
+        remedy = ("reinstall keras_ffl, or pass --base_url to download them" if base == manifest.get("base_url", "")
+                  else "replace that file, or pass another --base_url")
+        raise ZooError(f"the weights {path} do not match their sha256 in the manifest: {remedy}")
     return path
 
 

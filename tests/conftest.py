@@ -50,3 +50,15 @@ def fashion_mnist_dir():
     if not os.path.exists(os.path.join(FASHION_MNIST_DIR, "t10k-images-idx3-ubyte.gz")):
         pytest.fail("Fashion-MNIST is missing: apt-get install dataset-fashion-mnist (the README's setup does it)")
     return FASHION_MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def teacher_run(tmp_path_factory):
+    """A finished tiny run (the CE-only baseline, one ResNet-8) to teach offline KD."""
+    from helpers import tiny_config
+    from keras_ffl.methods import registry
+    from keras_ffl.train import train
+
+    model_dir = str(tmp_path_factory.mktemp("teacher") / "run")
+    train(tiny_config(method=registry.baseline(), num_branches=1, lr=0.05, validation_freq=0, model_dir=model_dir))
+    return model_dir

@@ -1,12 +1,44 @@
 """Small builders shared by the tests."""
 
 import dataclasses
+import os
+import subprocess
+import sys
 
 import h5py
 
 import numpy as np
 
 from keras_ffl.config import Config
+
+
+#: Every registered method's case in the per-method harness (``test_every_method.py``) and the
+#: replica test: Config overrides on ``tiny_config``, each taking the method's own path (its
+#: topology, a second optimiser, views, a memory bank, a temporal mean, a teacher run).  A
+#: method's teacher run (``--kd_teacher_dir``) comes from the ``teacher_run`` fixture.  ``test_registry`` holds
+#: the keys to ``registry.NAMES``: a new method fails the suite until it has a case here.
+METHOD_CASES = {
+    "ffl": dict(method="ffl"),
+    "dml": dict(method="dml", dml_update="sequential"),
+    "one": dict(method="one", num_branches=3),
+    "afd": dict(method="afd", backbones=("resnet8", "wrn10_2")),
+    "ffcl": dict(method="ffcl", backbones=("resnet8", "wrn10_1"), regularization_knowledge=False),
+    "vanilla": dict(method="vanilla"),
+    "kd": dict(method="kd", num_branches=0),
+    "cl_ilr": dict(method="cl_ilr", num_branches=4),
+    "okddip": dict(method="okddip", num_branches=3),
+    "kdcl": dict(method="kdcl", backbones=("resnet8", "wrn10_1")),
+    "mcl_okd": dict(method="mcl_okd", num_branches=3, nce_k=6),
+    "pcl": dict(method="pcl", num_branches=3),
+}
+
+
+def method_case(method, teacher_dir="", **overrides):
+    """``METHOD_CASES[method]`` with ``overrides``, and the teacher run where it needs one."""
+    case = dict(METHOD_CASES[method], **overrides)
+    if method == "kd":
+        case["teacher_dir"] = teacher_dir
+    return case
 
 
 def tiny_config(**overrides):
@@ -32,6 +64,32 @@ def temperature_of(overrides):
     """The temperature a run with these Config ``overrides`` trains at (the method's own unless
     given), as the command line resolves it."""
     return Config(**overrides).with_method_distillation_defaults().temperature
+
+
+def model_for(config, classes=10, shape=(32, 32, 3)):
+    """The method model of ``config`` on ``shape`` images, seeded (imports Keras)."""
+    import keras
+
+    from keras_ffl.build import build_model
+
+    keras.utils.set_random_seed(0)
+    return build_model(config, classes, shape)
+
+
+def compiled_model_for(config, steps_per_epoch=4, classes=10):
+    """``model_for``, compiled as the command line compiles it."""
+    from keras_ffl.build import compile_model
+
+    model = model_for(config, classes)
+    compile_model(model, config, steps_per_epoch)
+    return model
+
+
+def means(terms):
+    """``{term: its batch mean}`` of a method's loss terms, as floats (any backend)."""
+    from keras import ops
+
+    return {n: float(ops.convert_to_numpy(ops.mean(v))) for n, v in terms.items()}
 
 
 def replace(config, **changes):
@@ -157,11 +215,13 @@ def disagreements(actual, reference, temperature):
 
 def method_inputs(config, images, nce_seed=0):
     """What a method trains on for a batch of ``images``: the images, or the dict of views,
-    indices and contrast negatives its data pipeline would give (deterministic)."""
-    if config.method in ("kdcl", "pcl"):
+    indices and contrast negatives its data pipeline would give (deterministic), as its
+    declaration's ``data_needs`` asks."""
+    needs = config.options.data_needs(config)
+    if needs.get("views", 1) > 1:
         variants = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
         return {"images": images, "views": np.stack([variants[k % 4] for k in range(config.num_branches)], axis=1)}
-    if config.method == "mcl_okd":
+    if needs.get("with_index"):
         from keras_ffl.build import train_size_of
 
         size = train_size_of(config)
@@ -201,6 +261,22 @@ train(parse_config(["train", *sys.argv[2:]]), extra_callbacks=[KillAtStep()])
 #: What TensorFlow prints at start-up on these CPUs, whatever TF_CPP_MIN_LOG_LEVEL says.
 START_UP_NOISE = ("absl::InitializeLog", "oneDNN custom operations", "cpu_feature_guard", "single_machine.cc",
                   "devices.cc", "FutureWarning")
+
+
+def user_env(*, drop=(), **extra):
+    """The environment a user's shell would give a command: the suite's quieting of TensorFlow
+    (conftest) taken out, so a test sees what the user sees; ``drop`` removes more names."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", *drop)}
+    env.update(extra)
+    return env
+
+
+def run_cli(module, *args, timeout=600, cwd=None):
+    """``python -m keras_ffl.<module> args...`` from the repository, as a user runs it."""
+    from conftest import REPO
+
+    return subprocess.run([sys.executable, "-m", f"keras_ffl.{module}", *args], capture_output=True, text=True,
+                          timeout=timeout, env=user_env(PYTHONPATH=REPO), cwd=cwd or REPO)
 
 
 def assert_starts_quietly(result):

@@ -9,8 +9,7 @@ import pytest
 import tensorflow as tf
 
 import numpy_reference as ref
-from helpers import random_batch, tiny_config
-from keras_ffl.build import build_model, compile_model
+from helpers import compiled_model_for, random_batch, tiny_config
 from keras_ffl.config import ConfigError
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "golden_losses.json")))["ffl"]
@@ -18,10 +17,7 @@ GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "gol
 
 def afd_model(**overrides):
     config = tiny_config(method="afd", **overrides)
-    keras.utils.set_random_seed(0)
-    model = build_model(config, 10, (32, 32, 3))
-    compile_model(model, config, 4)
-    return model, config
+    return compiled_model_for(config), config
 
 
 @pytest.mark.parametrize("mode", ["full", "adversarial", "kd", "l1", "l1_kd"])

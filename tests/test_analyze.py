@@ -2,14 +2,12 @@
 feature-map similarity matches its definition; both CLIs run on the committed zoo models."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import assert_starts_quietly
+from helpers import assert_starts_quietly, run_cli
 from keras_ffl.analyze import explainers, feature_similarity, gradcam
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,19 +71,15 @@ def test_feature_similarity_matches_its_definition():
         feature_similarity(a, b[:, :2])
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "keras_ffl.analyze", *args], capture_output=True, text=True, cwd=REPO)
-
-
 def test_cli_on_zoo_models(tmp_path, fashion_mnist_dir):
     png = tmp_path / "grid.png"
-    result = run_cli("gradcam", "--name=ffl_resnet8x2_fashion_mnist", "--baseline=vanilla_resnet8_fashion_mnist",
+    result = run_cli("analyze", "gradcam", "--name=ffl_resnet8x2_fashion_mnist", "--baseline=vanilla_resnet8_fashion_mnist",
                      "--examples=4", f"--output={png}")
     assert result.returncode == 0, result.stderr
     assert "net0, net1, fused, vanilla net0" in result.stdout and png.read_bytes()[:4] == b"\x89PNG"
-    result = run_cli("similarity", "--name=dml_resnet8x2_fashion_mnist", "--examples=64")
+    result = run_cli("analyze", "similarity", "--name=dml_resnet8x2_fashion_mnist", "--examples=64")
     assert result.returncode == 0, result.stderr
     assert_starts_quietly(result)
     assert "| net0-net1 |" in result.stdout
-    bad = run_cli("nothing")
+    bad = run_cli("analyze", "nothing")
     assert bad.returncode == 2 and "usage: python -m keras_ffl.analyze" in bad.stderr

@@ -14,7 +14,9 @@ import pytest
 import tensorflow as tf
 
 from conftest import REPO
+from helpers import user_env
 from keras_ffl import AFD, CLILR, DML, FFCL, FFL, KDCL, MCLOKD, ONE, PCL, OfflineKD, OKDDip, Vanilla, backbones
+from keras_ffl.methods import registry
 
 SHAPE, CLASSES = (16, 16, 3), 10
 
@@ -70,8 +72,8 @@ def make(method, rampup_epochs=1):
     return cls(networks(1 if method == "vanilla" else 2), **common)
 
 
-METHODS = ["ffl", "ffl-mixed", "dml", "one", "afd", "ffcl", "vanilla", "kd", "cl_ilr", "okddip", "kdcl", "mcl_okd",
-           "pcl"]
+#: Every registered method, and FFL over networks of two architectures.
+METHODS = [*registry.NAMES, "ffl-mixed"]
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -207,3 +209,22 @@ def test_a_keras_file_loads_in_a_new_process_after_import_keras_ffl_alone(tmp_pa
     env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL="3")
     result = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().splitlines()[-1] == "OKDDip", result.stderr[-2000:]
+
+
+def test_importing_the_library_changes_no_global_logging():
+    """A library import leaves the process's logging as it found it (the README shows the one
+    line that quiets TensorFlow for a script: ``keras_ffl.import_keras_quietly()``)."""
+    code = """
+import logging, os, warnings
+def state():
+    root = logging.getLogger()
+    return (root.level, list(root.handlers), list(warnings.filters), logging.getLogger("tensorflow").level,
+            {k: v for k, v in os.environ.items() if k.startswith(("TF_", "KERAS", "ABSL", "GRPC"))})
+before = state()
+import keras_ffl
+assert state() == before, (before, state())
+print("unchanged")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                            env=user_env(PYTHONPATH=REPO), timeout=300)
+    assert result.returncode == 0 and "unchanged" in result.stdout, result.stderr[-2000:]

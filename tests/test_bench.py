@@ -2,12 +2,10 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
-from helpers import assert_starts_quietly
+from helpers import assert_starts_quietly, run_cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIELDS = {"method", "backbones", "batch_size", "images_per_sec", "step_ms", "peak_rss_mb", "raw_images_per_sec",
@@ -16,7 +14,7 @@ FIELDS = {"method", "backbones", "batch_size", "images_per_sec", "step_ms", "pea
 
 
 def run_bench(*args):
-    return subprocess.run([sys.executable, "-m", "keras_ffl.bench", *args], capture_output=True, text=True, cwd=REPO)
+    return run_cli("bench", *args, timeout=900)
 
 
 def test_tiny_configuration_emits_json_with_every_field(tmp_path):

@@ -13,7 +13,7 @@ import keras
 import pytest
 
 from conftest import REPO
-from helpers import assert_starts_quietly, tiny_config, train_until_interrupted
+from helpers import assert_starts_quietly, run_cli, tiny_config, train_until_interrupted
 from keras_ffl import run_dir
 from keras_ffl.build import build_model, compile_model
 
@@ -21,13 +21,6 @@ TINY = [
     "--method=ffl", "--dataset=synthetic", "--backbones=resnet8", "--train_examples=64", "--test_examples=32",
     "--batch_size=16", "--eval_batch_size=16", "--epochs=2", "--lr_milestones=1", "--rampup_epochs=1", "--verbose=2",
 ]
-
-
-def run_cli(module, *args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=REPO)
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)  # the CLI must keep its own output clean
-    return subprocess.run([sys.executable, "-m", f"keras_ffl.{module}", *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=REPO)
 
 
 @pytest.mark.parametrize(
@@ -248,10 +241,12 @@ def test_a_bare_train_command_shows_where_to_start_and_trains_nothing(tmp_path):
         "general settings:") < helped.stdout.index("--method=ffl: FFL")
 
 
-def test_a_misspelt_method_or_flagfile_names_the_nearest(tmp_path):
-    method = run_cli("train", "--method=fll", f"--model_dir={tmp_path / 'run'}")
-    assert method.returncode == 2 and "did you mean 'ffl'?" in method.stderr
-    assert len(method.stderr.strip().splitlines()) == 1
+def test_a_misspelt_method_flagfile_dataset_or_backbone_names_the_nearest(tmp_path):
+    for flag, nearest in (("--method=fll", "ffl"), ("--dataset=fashion_mnst", "fashion_mnist"),
+                          ("--backbones=resnt32", "resnet32")):
+        result = run_cli("train", "--method=ffl", flag, f"--model_dir={tmp_path / 'run'}")
+        assert result.returncode == 2 and f"did you mean '{nearest}'?" in result.stderr, (flag, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1
     flagfile = run_cli("train", "--flagfile=res32_cifar10", f"--model_dir={tmp_path / 'run'}")
     line = flagfile.stderr.strip()
     assert flagfile.returncode == 2 and "nearest zoo settings: res32_cifar100," in line and len(line) < 300

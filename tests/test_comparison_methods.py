@@ -2,24 +2,14 @@
 the property each is built on (gradient rescaling, trainable attention, the MinLogit teacher,
 the memory update, the temporal mean), and invalid settings refused."""
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import numpy_reference as ref
-from helpers import random_batch, tiny_config
-from keras_ffl.build import build_model, compile_model
+from helpers import means, model_for, random_batch, tiny_config
+from keras_ffl.build import compile_model
 from keras_ffl.config import ConfigError
-
-
-def model_for(config, classes=10):
-    keras.utils.set_random_seed(0)
-    return build_model(config, classes, (32, 32, 3))
-
-
-def means(terms):
-    return {n: float(tf.reduce_mean(v)) for n, v in terms.items()}
 
 
 def fixed_logits(count, batch=6, classes=10, seed=0):
@@ -311,36 +301,3 @@ def test_kdcl_general_holds_images_out_and_weighs_the_networks_with_them(tmp_pat
 
     data = load_data(config, splits=("train",), holdout=16)
     assert data.train_size == 64 - 16 and len(data.holdout[1]) == 16
-
-
-CLI_CASES = {  # each method as its Fashion-MNIST quickstart builds it, on a tiny budget
-    "cl_ilr": (dict(method="cl_ilr", num_branches=4), {"net3", "ensemble"}),
-    "okddip": (dict(method="okddip", num_branches=3), {"net2", "ensemble", "leader"}),
-    "kdcl": (dict(method="kdcl", backbones=("resnet8", "wrn10_1")), {"net1", "ensemble"}),
-    "mcl_okd": (dict(method="mcl_okd", num_branches=3, nce_k=6), {"net2", "ensemble"}),
-    "pcl": (dict(method="pcl", num_branches=3), {"net2", "ensemble", "ema0", "ema2"}),
-}
-
-
-@pytest.mark.parametrize("method", sorted(CLI_CASES))
-def test_trains_in_mixed_precision_then_restore_and_evaluate_give_the_report(tmp_path, method):
-    """The command line's path end to end: float16 compute with loss scaling, the report's parts
-    (every peer, the leader, teacher or temporal mean), then evaluate from the model_dir."""
-    import csv
-
-    from keras_ffl.evaluate import evaluate
-    from keras_ffl.train import train
-
-    overrides, parts = CLI_CASES[method]
-    config = tiny_config(**overrides, epochs=2, lr=0.05, validation_freq=0, mixed_precision="mixed_float16",
-                         model_dir=str(tmp_path / method))
-    report = train(config)
-    assert parts <= set(report["results"]), sorted(report["results"])
-    with open(tmp_path / method / "history.csv") as f:
-        history = list(csv.DictReader(f))
-    assert len(history) == 2 and all(np.isfinite(float(row["loss"])) for row in history)
-    keras.mixed_precision.set_global_policy("float32")
-    rows, _, _ = evaluate(config.model_dir)
-    assert set(rows) == set(report["results"])
-    for part, row in report["results"].items():
-        assert rows[part]["top1"] == pytest.approx(row["top1"], abs=1e-6), part

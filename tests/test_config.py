@@ -42,7 +42,7 @@ def test_every_flagfile_validates(path, monkeypatch):
             load(path)
         return
     config = load(path)
-    assert config.num_branches >= config.declaration.MIN_BRANCHES and config.model_dir
+    assert config.num_branches >= config.options.min_branches() and config.model_dir
 
 
 def test_res32_flagfile_is_the_ffl_paper_schedule():

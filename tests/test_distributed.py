@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from helpers import disagreements, method_inputs, random_batch, temperature_of, tiny_config
+from helpers import METHOD_CASES, disagreements, method_inputs, random_batch, temperature_of, tiny_config
 from keras_ffl.build import build_model, compile_model, set_precision
 
 #: Largest relative difference (``helpers.disagreements``) allowed between the float64 runs
@@ -79,23 +79,23 @@ def state_of(model):
     return state
 
 
-#: Every path that distribution changes: BatchNorm over the global batch and the loss mean
-#: over it (every case), sequential phases, two optimisers, frozen pre-trained copies, views,
-#: memory banks gathered across replicas, a temporal mean moved once for all replicas.  ONE,
-#: CL-ILR and OKDDip add only per-example terms over a shared trunk, FFL's path here.
-@pytest.mark.parametrize(
-    "overrides",
-    [dict(), dict(backbones=("resnet8", "wrn10_1"), fusion_channels=32),
-     dict(method="dml", dml_update="sequential"),
-     dict(method="afd", backbones=("resnet8", "wrn10_2")),
-     dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0),
-     dict(method="kdcl", backbones=("resnet8", "wrn10_1"), temperature=2.0),
-     dict(method="mcl_okd", num_branches=3, nce_k=6),
-     dict(method="pcl", num_branches=3, rampup_epochs=80)],
-    ids=["ffl-shared-2", "ffl-resnet-wrn", "dml-sequential", "afd-mixed", "ffcl-mixed", "kdcl-mixed", "mcl_okd",
-         "pcl"],
-)
-def test_one_and_two_replicas_take_the_same_steps(mirrored, overrides):
+#: Every method's case (``helpers.METHOD_CASES``: BatchNorm over the global batch and the loss
+#: mean over it, sequential phases, two optimisers, views, memory banks gathered across
+#: replicas, a temporal mean moved once for all replicas, a teacher run), and the paths inside
+#: a method that distribution changes beside them: mixed architectures and frozen pre-trained
+#: copies.
+REPLICA_CASES = {
+    **{method: dict(case) for method, case in METHOD_CASES.items()},
+    "ffl-resnet-wrn": dict(method="ffl", backbones=("resnet8", "wrn10_1"), fusion_channels=32),
+    "ffcl-pretrained": dict(method="ffcl", backbones=("resnet8", "wrn10_1"), temperature=1.0),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REPLICA_CASES))
+def test_one_and_two_replicas_take_the_same_steps(mirrored, case, teacher_run):
+    overrides = dict(REPLICA_CASES[case])
+    if overrides["method"] == "kd":
+        overrides["teacher_dir"] = teacher_run
     # Two steps with momentum: the optimisers' states must match too.
     initial, one, two = single_and_mirrored(mirrored, overrides)
     worst = replica_disagreements(one, two, overrides, f"{overrides}")

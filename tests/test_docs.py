@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from conftest import REPO
-from helpers import assert_starts_quietly
+from helpers import assert_starts_quietly, user_env
 
 DOCUMENTS = ("README.md", "BUILD.md")
 
@@ -31,8 +31,7 @@ def test_the_documents_have_python_blocks():
 
 @pytest.mark.parametrize("code", python_blocks())
 def test_python_block_runs(code, tmp_path, fashion_mnist_dir):
-    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env.update(PYTHONPATH=REPO, KERAS_FFL_CACHE=str(tmp_path / "cache"))
+    env = user_env(drop=("KERAS_BACKEND",), PYTHONPATH=REPO, KERAS_FFL_CACHE=str(tmp_path / "cache"))
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
                             timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]

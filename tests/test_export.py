@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from helpers import run_cli
 from keras_ffl import export, zoo
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,19 +82,15 @@ def test_failed_parity_writes_nothing(zoo_model, tmp_path):
     assert not out.exists() and not [f for f in os.listdir(tmp_path) if ".partial" in f]
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "keras_ffl.export", *args], capture_output=True, text=True, cwd=REPO)
-
-
 def test_bad_requests_exit_2_before_any_work(tmp_path):
-    both = run_cli(f"--name={NAME}", "--model_dir=runs/x")
+    both = run_cli("export", f"--name={NAME}", "--model_dir=runs/x")
     assert both.returncode == 2 and "exactly one of --name" in both.stderr
-    fmt = run_cli(f"--name={NAME}", "--formats=onnx,coreml")
+    fmt = run_cli("export", f"--name={NAME}", "--formats=onnx,coreml")
     assert fmt.returncode == 2 and "unknown coreml" in fmt.stderr
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "model.onnx").write_text("an earlier export")
-    taken = run_cli(f"--name={NAME}", f"--output_dir={tmp_path / 'taken'}")
+    taken = run_cli("export", f"--name={NAME}", f"--output_dir={tmp_path / 'taken'}")
     assert taken.returncode == 2 and "already holds an export" in taken.stderr
     assert (tmp_path / "taken" / "model.onnx").read_text() == "an earlier export"
-    part = run_cli(f"--name={NAME}", "--part=net7", f"--output_dir={tmp_path / 'p'}", "--formats=onnx")
+    part = run_cli("export", f"--name={NAME}", "--part=net7", f"--output_dir={tmp_path / 'p'}", "--formats=onnx")
     assert part.returncode == 2 and "no part 'net7'" in part.stderr

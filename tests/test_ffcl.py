@@ -10,8 +10,8 @@ import pytest
 import tensorflow as tf
 
 import numpy_reference as ref
-from helpers import random_batch, replace, tiny_config
-from keras_ffl.build import build_model, compile_model
+from helpers import model_for, random_batch, replace, tiny_config
+from keras_ffl.build import compile_model
 from keras_ffl.config import ConfigError
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "golden_losses.json")))["ffl"]
@@ -26,11 +26,6 @@ CASES = {
     "F": dict(response_knowledge=False, feature_knowledge=True, regularization_knowledge=False),
     "G": dict(response_knowledge=False, feature_knowledge=False, regularization_knowledge=True),
 }
-
-
-def model_for(config, classes=10):
-    keras.utils.set_random_seed(0)
-    return build_model(config, classes, (32, 32, 3))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -9,17 +9,12 @@ import pytest
 import tensorflow as tf
 
 import numpy_reference as ref
-from helpers import random_batch, tiny_config
+from helpers import model_for, random_batch, tiny_config
 from keras_ffl.backbones import get_backbone
-from keras_ffl.build import build_model, compile_model
+from keras_ffl.build import compile_model
 from keras_ffl.methods import FFL
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "golden_losses.json")))
-
-
-def model_for(config, classes=10, shape=(32, 32, 3)):
-    keras.utils.set_random_seed(0)
-    return build_model(config, classes, shape)
 
 
 def fake_outputs(logits, fused):

@@ -4,26 +4,16 @@ each trains, saves, restores and evaluates through the same path as FFL."""
 import json
 import os
 
-import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import numpy_reference as ref
-from helpers import random_batch, tiny_config
-from keras_ffl.build import build_model, compile_model
+from helpers import means, model_for, random_batch, tiny_config
+from keras_ffl.build import compile_model
 from keras_ffl.config import ConfigError
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(__file__), "fixtures", "golden_losses.json")))["ffl"]
-
-
-def model_for(config, classes=10):
-    keras.utils.set_random_seed(0)
-    return build_model(config, classes, (32, 32, 3))
-
-
-def mean_terms(terms):
-    return {n: float(tf.reduce_mean(v)) for n, v in terms.items()}
 
 
 @pytest.mark.parametrize("case", range(len(GOLDEN)))
@@ -35,7 +25,7 @@ def test_dml_loss_equals_numpy(case, temperature):
     logits = [tf.constant(z, tf.float32) for z in c["logits"]]
     terms = model.compute_losses({"logits": logits}, tf.constant(c["labels"]))
     expected = ref.dml_terms([np.array(z) for z in c["logits"]], np.array(c["labels"]), temperature)
-    assert mean_terms(terms) == pytest.approx(expected, rel=1e-5)
+    assert means(terms) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("case", range(len(GOLDEN)))
@@ -47,7 +37,7 @@ def test_one_loss_equals_numpy(case):
     outputs = {"logits": [tf.constant(z, tf.float32) for z in c["logits"]], "teachers": {"teacher": teacher}}
     terms = model.compute_losses(outputs, tf.constant(c["labels"]))
     expected = ref.one_terms([np.array(z) for z in c["logits"]], np.array(c["fused"]), np.array(c["labels"]), 3.0)
-    assert mean_terms(terms) == pytest.approx(expected, rel=1e-5)
+    assert means(terms) == pytest.approx(expected, rel=1e-5)
 
 
 def test_one_gated_teacher_equals_numpy_gate():
@@ -70,7 +60,7 @@ def test_vanilla_is_cross_entropy_only_and_allows_one_network():
     outputs = model.forward(x, training=False)
     terms = model.compute_losses(outputs, y)
     assert list(terms) == ["ce_net0"]
-    assert mean_terms(terms)["ce_net0"] == pytest.approx(ref.cross_entropy(outputs["logits"][0].numpy(), y), rel=1e-5)
+    assert means(terms)["ce_net0"] == pytest.approx(ref.cross_entropy(outputs["logits"][0].numpy(), y), rel=1e-5)
     assert model.part_names == ["net0", "ensemble"]
 
 
@@ -175,7 +165,7 @@ def test_offline_kd_loss_and_frozen_teacher(trained_teacher, part):
     terms = model.compute_losses(outputs, y)
     student = outputs["logits"][0].numpy()
     expected = {"ce_net0": ref.cross_entropy(student, y), "kd_net0": ref.distillation_kl(student, teacher_logits, 3.0)}
-    assert mean_terms(terms) == pytest.approx(expected, rel=1e-4)  # a trained teacher: larger logits, float32 sums
+    assert means(terms) == pytest.approx(expected, rel=1e-4)  # a trained teacher: larger logits, float32 sums
     teacher_before = [w.copy() for w in model.teacher.get_weights()]
     model.fit(x, y, batch_size=8, epochs=1, verbose=0)
     for a, b in zip(teacher_before, model.teacher.get_weights()):
@@ -213,29 +203,3 @@ def test_vanilla_defaults_to_independent_networks_and_allows_a_shared_trunk():
     shared = tiny_config(method="vanilla", topology="shared", num_branches=3)  # bench's CE-only baseline for ONE
     model = model_for(shared)
     assert model.trunk is not None and list(model.term_names) == ["ce_net0", "ce_net1", "ce_net2"]
-
-
-@pytest.mark.parametrize(
-    "policy,overrides",
-    [("mixed_float16", dict(method="ffl")), ("mixed_bfloat16", dict(method="ffl")),
-     ("mixed_float16", dict(method="dml", dml_update="sequential")), ("mixed_float16", dict(method="one")),
-     ("mixed_float16", dict(method="afd", backbones=("resnet8", "wrn10_2"))),
-     ("mixed_float16", dict(method="ffcl", regularization_knowledge=False)), ("mixed_float16", dict(method="vanilla"))],
-    ids=["ffl-f16", "ffl-bf16", "dml-seq-f16", "one-f16", "afd-f16", "ffcl-f16", "vanilla-f16"],
-)
-def test_mixed_precision_trains_every_method_with_loss_scaling(policy, overrides):
-    keras.mixed_precision.set_global_policy(policy)
-    config = tiny_config(mixed_precision=policy, **overrides)
-    model = model_for(config)
-    compile_model(model, config, 4)
-    optimizers = model.optimizers
-    if policy == "mixed_float16":  # every optimiser scales its loss, AFD's Adam included
-        assert all(isinstance(o, keras.optimizers.LossScaleOptimizer) for o in optimizers)
-    x, y = random_batch(16)
-    before = [v.numpy().copy() for v in model.trainable_variables]
-    history = model.fit(x, y, batch_size=8, epochs=2, verbose=0).history
-    assert all(np.isfinite(history["loss"]))
-    assert all(v.dtype == "float32" for v in model(x).values())  # losses and reports in float32
-    assert model.branches[0].layers[1].compute_dtype == policy.split("_")[1]  # the convolutions run in half
-    changed = sum(not np.allclose(a, v.numpy()) for a, v in zip(before, model.trainable_variables))
-    assert changed == len(before)  # every variable received a gradient

@@ -88,6 +88,9 @@ def test_enum_flags_take_any_case_and_suggest_the_nearest():
     assert config_from_flags(parse_argv(["train", "--method=kdcl", "--kdcl_teacher=Linear"])).options.teacher == "linear"
     with pytest.raises(ConfigError, match=r"--method=fll.*did you mean 'ffl'\?"):
         parse_argv(["train", "--method=fll"])
+    flags = parse_argv(["train", "--dataset=Synthetic", "--backbones=ResNet8", "--method=dml"])
+    config = config_from_flags(flags).validated(check_data=False)
+    assert config.dataset == "synthetic" and config.backbones == ("resnet8",)
 
 
 def test_config_json_keeps_the_method_settings_under_its_name(tmp_path):
@@ -132,13 +135,17 @@ def test_bench_and_reproduce_iterate_the_registry():
 
 def test_the_api_and_the_per_method_harnesses_cover_every_registered_method():
     """A new method is in the public API by its declaration, and fails the suite until the
-    harnesses that take every method (the Python API checks, the cross-backend state check)
-    have a case for it."""
+    harnesses that take every method (the Python API checks, the per-method harness, 1 vs 2
+    replicas, the cross-backend state check) have a case for it."""
     import keras_ffl
     import test_api
     import test_cross_backend
+    import test_distributed
+    from helpers import METHOD_CASES
 
     classes = {d.MODEL.rpartition(":")[2] for d in registry.declarations().values()}
     assert classes <= set(keras_ffl.__all__) and all(getattr(keras_ffl, c).method_name for c in classes)
     assert {m.split("-")[0] for m in test_api.METHODS} == set(registry.NAMES)
     assert {case["method"] for case in test_cross_backend.CASES.values()} == set(registry.NAMES)
+    assert set(METHOD_CASES) == set(registry.NAMES)  # test_every_method.py and the replica test
+    assert {case["method"] for case in test_distributed.REPLICA_CASES.values()} == set(registry.NAMES)

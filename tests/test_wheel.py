@@ -14,7 +14,7 @@ import sysconfig
 import pytest
 
 from conftest import REPO
-from helpers import assert_starts_quietly
+from helpers import assert_starts_quietly, user_env
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +36,7 @@ def installed(tmp_path_factory):
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     work = folder / "elsewhere"
     work.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "KERAS_BACKEND")}
-    env["KERAS_FFL_CACHE"] = str(folder / "cache")
+    env = user_env(drop=("PYTHONPATH", "KERAS_BACKEND"), KERAS_FFL_CACHE=str(folder / "cache"))
 
     def run(*args, timeout=900):
         return subprocess.run([python, *args], capture_output=True, text=True, cwd=work, env=env, timeout=timeout)

@@ -108,6 +108,24 @@ def tampered_copy(served, tmp_path, transform):
     return folder
 
 
+def test_weights_on_this_machine_are_used_in_place_and_checked(published, tmp_path):
+    """Weights beside the manifest (shipped with keras_ffl), or in a folder ``--base_url`` names
+    as a path, are read where they are: no copy in the cache; a tampered one is refused."""
+    served, manifest_path, entry, report, config = published
+    manifest = zoo.load_manifest(str(manifest_path))
+    cache = tmp_path / "cache"
+    beside = zoo.download("tiny_ffl", manifest, cache=str(cache))
+    assert os.path.samefile(beside, served / entry["weights"]["url"])
+    mirror = tampered_copy(served, tmp_path, lambda d: d)
+    assert os.path.samefile(zoo.download("tiny_ffl", manifest, base_url=str(mirror), cache=str(cache)),
+                            mirror / entry["weights"]["url"])
+    assert cached_files(cache) == []
+    bad = tampered_copy(served, tmp_path / "tampered", lambda d: d[:100] + bytes([d[100] ^ 1]) + d[101:])
+    with pytest.raises(zoo.ZooError, match="do not match their sha256 in the manifest: replace that file"):
+        zoo.download("tiny_ffl", manifest, base_url=str(bad), cache=str(cache))
+    assert cached_files(cache) == []
+
+
 @pytest.mark.parametrize(
     "transform,message",
     [(lambda d: d[: len(d) // 2], "truncated"),
@@ -292,7 +310,8 @@ def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm
         child = subprocess.Popen([sys.executable, "-m", "keras_ffl.zoo", "download", "--name=tiny_ffl",
                                   f"--manifest={tmp_path / 'endless.json'}", f"--cache_dir={cache}",
                                   f"--base_url=http://127.0.0.1:{endless.server_address[1]}/"],
-                                 env=dict(os.environ, PYTHONPATH=REPO), stderr=subprocess.PIPE, text=True)
+                                 env=dict(os.environ, PYTHONPATH=REPO, PYTHONFAULTHANDLER="1"), stderr=subprocess.PIPE,
+                                 text=True)
         deadline = time.time() + 120
         while not [f for f in cached_files(cache) if os.path.getsize(cache / f) > 0]:
             assert child.poll() is None and time.time() < deadline, child.stderr.read()[-2000:]
@@ -300,9 +319,9 @@ def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm
         child.send_signal(signal.SIGINT)
         try:
             code = child.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            raise AssertionError(f"Ctrl-C did not stop the download: {child.communicate()[1][-2000:]}") from None
+        except subprocess.TimeoutExpired:  # where it hangs: faulthandler prints every thread's stack on SIGABRT
+            child.send_signal(signal.SIGABRT)
+            raise AssertionError(f"Ctrl-C did not stop the download: {child.communicate()[1][-4000:]}") from None
         assert code == 130
         assert child.stderr.read().strip().splitlines() == ["interrupted"]
         assert cached_files(cache) == []

@@ -13,6 +13,8 @@ A backbone knows nothing of distillation.  For a method it gives either whole ne
 Every network is a functional ``keras.Model`` from images to ``[logits, last feature map]``.
 """
 
+import importlib
+
 from keras_ffl.backbones.base import Backbone
 from keras_ffl.backbones.base import MIDDLE_LAYER
 from keras_ffl.backbones.cifar_resnet import CifarResNet
@@ -22,28 +24,15 @@ from keras_ffl.backbones.resnet import ResNet
 from keras_ffl.backbones.shufflenet import ShuffleNetV2
 from keras_ffl.backbones.vgg import VGG16
 from keras_ffl.backbones.wrn import WideResNet
-from keras_ffl.specs import parse_backbone
+from keras_ffl.specs import FAMILIES, parse_backbone
 
 
 def get_backbone(name, sync_bn=False):
-    """Returns the backbone called ``name``; raises ValueError naming the accepted forms."""
+    """Returns the backbone called ``name`` (its family's class, ``specs.FAMILIES``, with the
+    name's arguments); raises ValueError naming the accepted forms."""
     spec = parse_backbone(name)
-    if spec.family == "resnet":
-        return CifarResNet(spec.depth, sync_bn=sync_bn)
-    if spec.family == "resnet4":
-        return ResNet(spec.depth, sync_bn=sync_bn)
-    if spec.family == "wrn":
-        return WideResNet(spec.depth, spec.width, sync_bn=sync_bn)
-    named = {
-        "densenet40_12": lambda: DenseNetBC(sync_bn=sync_bn),
-        "vgg16": lambda: VGG16("linear", sync_bn=sync_bn),
-        "vgg16_3fc": lambda: VGG16("3fc", sync_bn=sync_bn),
-        "vgg16_3fc_dropout": lambda: VGG16("3fc", dropout=0.5, sync_bn=sync_bn),
-        "shufflenetv2": lambda: ShuffleNetV2(sync_bn=sync_bn),
-        "mobilenetv2": lambda: MobileNetV2(0.5, sync_bn=sync_bn),
-        "mobilenetv2_w1": lambda: MobileNetV2(1.0, sync_bn=sync_bn),
-    }
-    return named[spec.named]()
+    module, _, attribute = FAMILIES[spec.family][0].partition(":")
+    return getattr(importlib.import_module(module), attribute)(**spec.builder_arguments, sync_bn=sync_bn)
 
 
 def build_network(backbone, input_shape, num_classes, name=None, sync_bn=False):

@@ -8,10 +8,11 @@ augmentation depends neither on the batch it lands in nor on threads.
 * ``PadCropFlip``: the CIFAR recipe (FFL code): reflect-pad 4, random crop back to size,
   random horizontal flip;
 * ``ResizedCropFlip``: the ImageNet recipe: a random crop of 8-100% of the area with aspect
-  ratio 3/4-4/3 (10 tries, else the central crop), resized to the output size, random flip;
-  ``center_crop`` is its evaluation counterpart.
+  ratio 3/4-4/3 (10 tries, else the central crop), resized to the output size, random flip.
 
-If keras-cv policies (RandAugment, CutMix...) are ever offered, they belong here.
+Why NumPy and not Keras's augmentation layers (or keras-cv): an epoch's draws are a function of
+(seed, epoch) alone, the same on every backend and on every process of a cluster, and a resumed
+epoch repeats them exactly; Keras's random layers draw from a backend's generator per batch.
 """
 
 import math
@@ -99,12 +100,3 @@ def resize(image, size, box=None, pil=None):
     picture = pil.fromarray(image[..., 0] if channels == 1 else image)
     resized = np.asarray(picture.resize((size[1], size[0]), pil.BILINEAR, box=box))
     return resized[..., None] if channels == 1 else resized
-
-
-def center_crop(image, size):
-    """The central ``size`` x ``size`` window of an image at least that large."""
-    top, left = (image.shape[0] - size) // 2, (image.shape[1] - size) // 2
-    return image[top:top + size, left:left + size]
-
-
-RECIPES = {"pad_crop_flip": PadCropFlip, "resized_crop_flip": ResizedCropFlip}

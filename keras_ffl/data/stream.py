@@ -137,13 +137,6 @@ class EpochBatches:
 
         return prefetched(produce(), prefetch)
 
-    def evaluation_batches(self, batch_size):
-        """Every example once, in order, unaugmented (a finite generator)."""
-        for start in range(0, self.size, batch_size):
-            index = np.arange(start, min(start + batch_size, self.size))
-            images = augment.normalize(self.images[index], self.mean, self.std)
-            yield images, self.labels[index]
-
 
 def share(positions, shard):
     """Process ``index`` of ``count``'s contiguous share of a batch's positions."""

@@ -12,13 +12,20 @@ way its backend wants:
   parallelism for free;
 * ``torch``: ``torch.autograd.grad`` per loss on one forward pass.
 
-Every optimiser advances its iteration counter once per training step, however many times
-a plan applies it (DML's sequential update), so learning-rate schedules count mini-batches.
+The plan is walked once, here (``run_plan``): phases in order, each phase's gradients all
+taken from its one forward pass before any of its updates, every optimiser advancing its
+iteration counter once per training step however many times a plan applies it (DML's
+sequential update), so learning-rate schedules count mini-batches, and an ``OptimizerGroup``
+counting the step itself.  An engine supplies a ``PlanStep``: how to take a phase's gradients,
+apply an optimiser and move a counter on its backend.
 """
 
 import importlib
 
 import keras
+
+from keras_ffl import keras_private
+from keras_ffl.optimizers import OptimizerGroup
 
 _ENGINES = {"tensorflow": "keras_ffl.engines.tensorflow", "jax": "keras_ffl.engines.jax",
             "torch": "keras_ffl.engines.torch"}
@@ -59,3 +66,39 @@ def applications(phase, gradients):
         out.append((update, grads, variables))
         position += count
     return out
+
+
+class PlanStep:
+    """What one backend does inside ``run_plan``."""
+
+    def gradients(self, pairs):
+        """Runs the forward pass once and returns ``(grads, outputs, terms)``: for each
+        ``(update, gradient)`` pair, the gradients of its loss (``gradient_loss``, scaled by its
+        optimiser) with respect to ``gradient.variables``."""
+        raise NotImplementedError
+
+    def apply(self, optimizer, grads, variables):
+        optimizer.apply(grads, variables)
+
+    def count(self, optimizer, delta):
+        """Adds ``delta`` to ``optimizer``'s iteration counter."""
+        keras_private.iterations_variable(optimizer).assign_add(delta)
+
+
+def run_plan(model, step):
+    """Walks ``model.update_plan()`` with a backend's ``PlanStep``; returns the last phase's
+    ``(outputs, terms)``."""
+    applied = set()
+    outputs = terms = None
+    for phase in model.update_plan():
+        pairs = [(update, gradient) for update in phase for gradient in update.gradients]
+        grads, outputs, terms = step.gradients(pairs)
+        for update, update_grads, variables in applications(phase, grads):
+            optimizer = model.optimizer_for(update.optimizer)
+            if id(optimizer) in applied:  # one schedule step per mini-batch
+                step.count(optimizer, -1)
+            step.apply(optimizer, update_grads, variables)
+            applied.add(id(optimizer))
+    if isinstance(model.optimizer, OptimizerGroup):
+        step.count(model.optimizer, 1)
+    return outputs, terms

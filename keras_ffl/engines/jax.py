@@ -20,18 +20,13 @@ import jax.numpy as jnp
 import keras
 from keras import ops
 
-from keras_ffl.engines import applications, gradient_loss, unpack
+from keras_ffl import keras_private
+from keras_ffl.engines import PlanStep, gradient_loss, run_plan, unpack
 from keras_ffl.engines import single_program
-from keras_ffl.optimizers import OptimizerGroup
 
 # The step sees the global batch in one program (the collectives the methods call).
 all_gather, global_mean, cross_replica = (single_program.all_gather, single_program.global_mean,
                                           single_program.cross_replica)
-
-
-def iteration_variable(optimizer):
-    inner = getattr(optimizer, "inner_optimizer", None)
-    return (inner or optimizer)._iterations
 
 
 def forward_losses(model, inputs, labels, pairs, variables, values, training=True):
@@ -55,7 +50,7 @@ def apply_update(optimizer, grads, variables, trainable, optimizer_values, t_ind
     ``trainable`` and ``optimizer_values`` lists (indexed by ``t_index``/``o_index``)."""
     own = optimizer.variables
     own_values = [optimizer_values[o_index[id(v)]] for v in own]
-    built = optimizer._trainable_variables
+    built = keras_private.built_variables(optimizer)
     by_id = dict(zip(map(id, variables), grads))
     if set(by_id) == {id(v) for v in built}:
         new_trainable, new_own = optimizer.stateless_apply(
@@ -79,46 +74,58 @@ def apply_update(optimizer, grads, variables, trainable, optimizer_values, t_ind
         optimizer_values[o_index[id(v)]] = value
 
 
-def train_step(model, state, data):
-    trainable, non_trainable, optimizer_values, metrics_values = (list(s) for s in state)
-    inputs, labels = unpack(data)
-    t_vars, nt_vars, o_vars = model.trainable_variables, model.non_trainable_variables, model.optimizer.variables
-    t_index = {id(v): i for i, v in enumerate(t_vars)}
-    o_index = {id(v): i for i, v in enumerate(o_vars)}
-    applied = set()
-    for phase in model.update_plan():
-        pairs = [(update, gradient) for update in phase for gradient in update.gradients]
+class StatelessStep(PlanStep):
+    """Carries the trainer's state values through the plan: every gradient and update reads and
+    writes these lists, never a variable."""
 
-        def forward(values, non_trainable=non_trainable, optimizer_values=optimizer_values, pairs=pairs):
-            mapped = list(t_vars) + list(nt_vars) + list(o_vars)
+    def __init__(self, model, inputs, labels, trainable, non_trainable, optimizer_values):
+        self.model, self.inputs, self.labels = model, inputs, labels
+        self.trainable, self.non_trainable, self.optimizer_values = trainable, non_trainable, optimizer_values
+        self.t_vars, self.nt_vars = model.trainable_variables, model.non_trainable_variables
+        self.o_vars = model.optimizer.variables
+        self.t_index = {id(v): i for i, v in enumerate(self.t_vars)}
+        self.o_index = {id(v): i for i, v in enumerate(self.o_vars)}
+
+    def gradients(self, pairs):
+        mapped = list(self.t_vars) + list(self.nt_vars) + list(self.o_vars)
+        non_trainable, optimizer_values = self.non_trainable, self.optimizer_values
+
+        def forward(values):
             losses, new_non_trainable, outputs, terms = forward_losses(
-                model, inputs, labels, pairs, mapped, list(values) + non_trainable + optimizer_values)
+                self.model, self.inputs, self.labels, pairs, mapped, list(values) + non_trainable + optimizer_values)
             return losses, (new_non_trainable, outputs, terms)
 
-        losses, pull_back, (non_trainable, outputs, terms) = jax.vjp(forward, trainable, has_aux=True)
+        losses, pull_back, (self.non_trainable, outputs, terms) = jax.vjp(forward, self.trainable, has_aux=True)
         zeros = [jnp.zeros_like(loss) for loss in losses]
         grads = []
         for i, (_, gradient) in enumerate(pairs):
             (all_grads,) = pull_back(zeros[:i] + [jnp.ones_like(losses[i])] + zeros[i + 1:])
-            grads.append([all_grads[t_index[id(v)]] for v in gradient.variables])
-        for update, update_grads, variables in applications(phase, grads):
-            optimizer = model.optimizer_for(update.optimizer)
-            if id(optimizer) in applied:  # one schedule step per mini-batch
-                position = o_index[id(iteration_variable(optimizer))]
-                optimizer_values[position] = optimizer_values[position] - 1
-            apply_update(optimizer, update_grads, variables, trainable, optimizer_values, t_index, o_index)
-            applied.add(id(optimizer))
-    if isinstance(model.optimizer, OptimizerGroup):
-        position = o_index[id(model.optimizer._iterations)]
-        optimizer_values[position] = optimizer_values[position] + 1
+            grads.append([all_grads[self.t_index[id(v)]] for v in gradient.variables])
+        return grads, outputs, terms
+
+    def apply(self, optimizer, grads, variables):
+        apply_update(optimizer, grads, variables, self.trainable, self.optimizer_values, self.t_index, self.o_index)
+
+    def count(self, optimizer, delta):
+        position = self.o_index[id(keras_private.iterations_variable(optimizer))]
+        self.optimizer_values[position] = self.optimizer_values[position] + delta
+
+
+def train_step(model, state, data):
+    trainable, non_trainable, optimizer_values, metrics_values = (list(s) for s in state)
+    inputs, labels = unpack(data)
+    step = StatelessStep(model, inputs, labels, trainable, non_trainable, optimizer_values)
+    outputs, terms = run_plan(model, step)
+    t_vars, nt_vars = step.t_vars, step.nt_vars
     # after_step may move Keras-trainable variables too (PCL's temporal mean, which no optimiser
     # touches): read back every variable it may have assigned, not only the non-trainable ones.
-    with keras.StatelessScope(state_mapping=list(zip(t_vars, trainable)) + list(zip(nt_vars, non_trainable))) as scope:
+    mapping = list(zip(t_vars, step.trainable)) + list(zip(nt_vars, step.non_trainable))
+    with keras.StatelessScope(state_mapping=mapping) as scope:
         model.after_step(outputs)
     trainable = [scope.get_current_value(v) for v in t_vars]
     non_trainable = [scope.get_current_value(v) for v in nt_vars]
     logs, metrics_values = report(model, outputs, labels, terms, non_trainable, metrics_values)
-    return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+    return logs, (trainable, non_trainable, step.optimizer_values, metrics_values)
 
 
 def test_step(model, state, data):

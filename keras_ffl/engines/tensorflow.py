@@ -10,42 +10,40 @@ Gradients of variables a loss does not reach are zeros, as on the other backends
 
 import tensorflow as tf
 
-from keras_ffl.engines import applications, gradient_loss, unpack
-from keras_ffl.optimizers import OptimizerGroup
+from keras_ffl import keras_private
+from keras_ffl.engines import PlanStep, gradient_loss, run_plan, unpack
 
 
 def in_multi_worker_mode():
     strategy = tf.distribute.get_strategy()
-    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and strategy.extended._in_multi_worker_mode()
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) and keras_private.in_multi_worker_mode(strategy)
+
+
+class TapeStep(PlanStep):
+    def __init__(self, model, inputs, labels):
+        self.model, self.inputs, self.labels = model, inputs, labels
+        self.decay_scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
+
+    def gradients(self, pairs):
+        model = self.model
+        with tf.GradientTape(persistent=len(pairs) > 1) as tape:
+            outputs = model.forward(self.inputs, training=True)
+            terms = model.compute_losses(outputs, self.labels)
+            model.check_terms(terms)
+            losses = [
+                model.optimizer_for(update.optimizer).scale_loss(
+                    gradient_loss(model, gradient, terms, tf.nn.compute_average_loss, self.decay_scale))
+                for update, gradient in pairs
+            ]
+        grads = [tape.gradient(loss, gradient.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                 for loss, (_, gradient) in zip(losses, pairs)]
+        del tape
+        return grads, outputs, terms
 
 
 def train_step(model, data):
     inputs, labels = unpack(data)
-    decay_scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
-    applied = set()
-    for phase in model.update_plan():
-        pairs = [(update, gradient) for update in phase for gradient in update.gradients]
-        with tf.GradientTape(persistent=len(pairs) > 1) as tape:
-            outputs = model.forward(inputs, training=True)
-            terms = model.compute_losses(outputs, labels)
-            model.check_terms(terms)
-            losses = [
-                model.optimizer_for(update.optimizer).scale_loss(
-                    gradient_loss(model, gradient, terms, tf.nn.compute_average_loss, decay_scale))
-                for update, gradient in pairs
-            ]
-        # Every gradient of a phase comes from its one forward pass, before any update.
-        grads = [tape.gradient(loss, gradient.variables, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-                 for loss, (_, gradient) in zip(losses, pairs)]
-        del tape
-        for update, update_grads, variables in applications(phase, grads):
-            optimizer = model.optimizer_for(update.optimizer)
-            if id(optimizer) in applied:  # one schedule step per mini-batch
-                optimizer.iterations.assign_sub(1)
-            optimizer.apply(update_grads, variables)
-            applied.add(id(optimizer))
-    if isinstance(model.optimizer, OptimizerGroup):
-        model.optimizer.iterations.assign_add(1)
+    outputs, terms = run_plan(model, TapeStep(model, inputs, labels))
     model.after_step(outputs)
     return report(model, outputs, labels, terms)
 

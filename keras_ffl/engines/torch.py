@@ -9,22 +9,22 @@ device: Keras's torch trainer has no data parallelism to plan for.
 import torch
 from keras import ops
 
-from keras_ffl.engines import applications, gradient_loss, unpack
+from keras_ffl.engines import PlanStep, gradient_loss, run_plan, unpack
 from keras_ffl.engines import single_program
-from keras_ffl.optimizers import OptimizerGroup
 
 # The step sees the global batch in one program (the collectives the methods call).
 all_gather, global_mean, cross_replica = (single_program.all_gather, single_program.global_mean,
                                           single_program.cross_replica)
 
 
-def train_step(model, data):
-    inputs, labels = unpack(data)
-    applied = set()
-    for phase in model.update_plan():
-        pairs = [(update, gradient) for update in phase for gradient in update.gradients]
-        outputs = model.forward(inputs, training=True)
-        terms = model.compute_losses(outputs, labels)
+class AutogradStep(PlanStep):
+    def __init__(self, model, inputs, labels):
+        self.model, self.inputs, self.labels = model, inputs, labels
+
+    def gradients(self, pairs):
+        model = self.model
+        outputs = model.forward(self.inputs, training=True)
+        terms = model.compute_losses(outputs, self.labels)
         model.check_terms(terms)
         grads = []
         for i, (update, gradient) in enumerate(pairs):
@@ -32,15 +32,20 @@ def train_step(model, data):
             values = [v.value for v in gradient.variables]
             taken = torch.autograd.grad(loss, values, retain_graph=i < len(pairs) - 1, allow_unused=True)
             grads.append([torch.zeros_like(v) if g is None else g for g, v in zip(taken, values)])
+        return grads, outputs, terms
+
+    def apply(self, optimizer, grads, variables):
         with torch.no_grad():
-            for update, update_grads, variables in applications(phase, grads):
-                optimizer = model.optimizer_for(update.optimizer)
-                if id(optimizer) in applied:  # one schedule step per mini-batch
-                    optimizer.iterations.assign(optimizer.iterations - 1)
-                optimizer.apply(update_grads, variables)
-                applied.add(id(optimizer))
-    if isinstance(model.optimizer, OptimizerGroup):
-        model.optimizer.iterations.assign(model.optimizer.iterations + 1)
+            optimizer.apply(grads, variables)
+
+    def count(self, optimizer, delta):
+        with torch.no_grad():
+            super().count(optimizer, delta)
+
+
+def train_step(model, data):
+    inputs, labels = unpack(data)
+    outputs, terms = run_plan(model, AutogradStep(model, inputs, labels))
     with torch.no_grad():
         model.after_step({k: v for k, v in outputs.items()})
         return model.update_metrics(outputs, labels, {n: v.detach() for n, v in terms.items()})

@@ -35,14 +35,11 @@ from keras_ffl.methods.base import Gradient, OnlineDistiller, Update
 from keras_ffl.optimizers import OptimizerGroup
 
 DEFAULTS = AFDOptions()
-#: The paper's feature optimiser: Adam, lr 2e-5.
-PAPER_FEATURE_LR = 2e-5
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class AFD(OnlineDistiller):
     method_name = "afd"
-    independent_only = True
 
     def __init__(self, branches, num_classes=None, trunk=None, mode=DEFAULTS.mode, feature_weight_decay=DEFAULTS.feature_weight_decay, sync_bn=False,
                  **kwargs):
@@ -177,7 +174,7 @@ class AFD(OnlineDistiller):
         the paper's Adam, lr 2e-5) the extractors and discriminators on the feature losses."""
         if not isinstance(optimizer, OptimizerGroup) and self.mode != "kd":
             members = {"networks": keras.optimizers.get(optimizer),
-                       "features": feature_optimizer or keras.optimizers.Adam(PAPER_FEATURE_LR)}
+                       "features": feature_optimizer or keras.optimizers.Adam(DEFAULTS.feature_lr)}
             if self.dtype_policy.name == "mixed_float16":
                 members = {role: keras.optimizers.LossScaleOptimizer(o) for role, o in members.items()}
             optimizer = OptimizerGroup(members)

@@ -33,7 +33,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_ffl import engines
+from keras_ffl import engines, keras_private
 from keras_ffl.callbacks import ConciseProgbar, EpochVariable
 from keras_ffl.losses import as_float, rampup_weight
 from keras_ffl.optimizers import OptimizerGroup
@@ -70,20 +70,37 @@ def deserialize_model(config):
     return keras.saving.deserialize_keras_object(config) if config is not None else None
 
 
-class OnlineDistiller(keras.Model):
+class OnlineDistiller(keras_private.SkipsBuiltSymbolicBuild, keras.Model):
     """Base class of every method; see the module docstring for the contract."""
 
     #: Names of the logits a method adds beside its sub-networks and their ensemble.
     teacher_names = ()
-    #: Methods whose networks must not share a trunk (their config then carries none).
-    independent_only = False
-    #: Methods that need a shared trunk with branches of one architecture.
-    needs_trunk = False
-    #: The fewest sub-networks the method makes sense with.
-    min_branches = 2
     #: Its name in ``keras_ffl.methods.registry``: its declaration (``<name>_options.py``) holds
-    #: its default temperature and ramp-up and its settings' defaults and choices.
+    #: its topologies, branch limits, default temperature and ramp-up, and its settings'
+    #: defaults and choices.
     method_name = None
+
+    @classmethod
+    def declaration(cls):
+        """The method's registered options class (``keras_ffl.methods.<name>_options``)."""
+        from keras_ffl.methods import registry
+
+        return registry.get(cls.method_name)
+
+    @property
+    def independent_only(self):
+        """Its networks must not share a trunk (its config then carries none)."""
+        return "shared" not in self.declaration().TOPOLOGIES
+
+    @property
+    def needs_trunk(self):
+        """It needs a shared trunk with branches of one architecture."""
+        return "independent" not in self.declaration().TOPOLOGIES
+
+    @property
+    def min_branches(self):
+        """The fewest sub-networks the method makes sense with (under its settings)."""
+        return self.declaration().MIN_BRANCHES
 
     def __init_subclass__(cls, **kwargs):
         """Wraps each subclass's ``__init__`` so that the model is built (every variable
@@ -145,9 +162,7 @@ class OnlineDistiller(keras.Model):
     def distillation_defaults(self):
         """``(temperature, rampup_epochs)`` when the constructor is given none: the method's
         paper or code, the same numbers the command line uses (its declaration)."""
-        from keras_ffl.methods import registry
-
-        return registry.get(self.method_name)().distillation_defaults()
+        return self.declaration()().distillation_defaults()
 
     def _build_now(self):
         """Creates every variable with one inference pass on a dummy batch."""
@@ -433,17 +448,6 @@ class OnlineDistiller(keras.Model):
 
     def test_step(self, *args):
         return engines.current().test_step(self, *args)
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        """Keras 3's TF trainer builds a distributed model at the start of ``fit`` from a first
-        batch it averages with ``strategy.reduce``, which MultiWorkerMirroredStrategy cannot do
-        eagerly on per-replica values (keras-team/keras#20585: "unsupported type PerReplica").
-        Everything it would build already exists (the constructor builds the model and
-        ``compile`` the optimisers; the losses and metrics are the method's own), so it is
-        skipped then, which also spares pulling and discarding a first batch."""
-        if self.built and self.optimizer is not None and self.optimizer.built:
-            return
-        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     # --------------------------------------------------------------- serialization
     def get_config(self):

@@ -76,7 +76,6 @@ def tree_parents(num_heads):
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class CLILR(OnlineDistiller):
     method_name = "cl_ilr"
-    needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, middles=None, preset=CLILROptions().preset, sharing=None,
                  detach_target=None, ce_weight=None, kd_weight=None, teacher_eps=None, backprop_rescaling=True,

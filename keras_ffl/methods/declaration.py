@@ -122,6 +122,12 @@ class MethodOptions:
         return f"{cls.NAME}_{field_name}"
 
     @classmethod
+    def legacy_values(cls, values):
+        """Its settings as read from a config.json written before they had homes, brought to
+        today's meaning (``values``: ``{setting name: value}``)."""
+        return values
+
+    @classmethod
     def converted(cls, values):
         """``{setting name or old flag name: value}`` -> ``{setting name: value}``; ConfigError for
         a name that is not one of its settings."""
@@ -139,10 +145,6 @@ class MethodOptions:
                 value = tuple(value)
             converted[name] = tuple(int(v) for v in value) if metas[name].integers else value
         return converted
-
-    @classmethod
-    def from_values(cls, values):
-        return cls(**cls.converted(values))
 
     def to_dict(self):
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -176,6 +178,10 @@ class MethodOptions:
         return dataclasses.replace(self, **{f.name: "" for f, meta in settings_of(type(self)) if meta.path})
 
     # --------------------------------------------------------------------- facts
+    def min_branches(self):
+        """The fewest sub-networks it makes sense with, under these settings."""
+        return self.MIN_BRANCHES
+
     def distillation_defaults(self):
         """``(temperature, rampup_epochs)`` where the run gives none."""
         return self.TEMPERATURE, self.RAMPUP_EPOCHS
@@ -227,6 +233,11 @@ class MethodOptions:
     def compile_arguments(self, run, steps_per_epoch, context):
         """Extra ``compile`` arguments (a second optimiser)."""
         return {}
+
+    def callbacks(self, run, data):
+        """Keras callbacks its training needs beside the generic ones (``data``: the
+        ``keras_ffl.data.Data`` the run trains on)."""
+        return []
 
     def warm_start(self, model, run, context):
         """What training loads into the model before its first step (not evaluation or export,

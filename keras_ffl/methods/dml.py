@@ -26,7 +26,6 @@ DEFAULTS = DMLOptions()
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class DML(OnlineDistiller):
     method_name = "dml"
-    independent_only = True
 
     def __init__(self, branches, num_classes=None, trunk=None, update=DEFAULTS.update, **kwargs):
         if update not in UPDATE_ORDERS:

@@ -42,7 +42,6 @@ DEFAULTS = FFCLOptions()
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class FFCL(OnlineDistiller):
     method_name = "ffcl"
-    independent_only = True
 
     def __init__(
         self,

@@ -42,6 +42,12 @@ class FFCLOptions(MethodOptions):
     pretrain_epochs: int = setting(0, "Epochs of the pre-training stage (0 = --epochs), same schedule otherwise.",
                                    low=0, old_flag="pretrain_epochs")
 
+    @classmethod
+    def legacy_values(cls, values):
+        if values.get("fusion_weight_decay") == -1.0:  # the old "the method's own" marker
+            values = {k: v for k, v in values.items() if k != "fusion_weight_decay"}
+        return values
+
     def validated(self, run, check_data):
         if not (self.feature_knowledge or self.response_knowledge or self.regularization_knowledge):
             raise ConfigError("--method=ffcl with --noffcl_feature_knowledge --noffcl_response_knowledge "

@@ -19,7 +19,6 @@ from keras_ffl.methods.base import OnlineDistiller, serialize_model
 class OfflineKD(OnlineDistiller):
     method_name = "kd"
     teacher_names = ("teacher",)
-    min_branches = 1
 
     def __init__(self, branches, num_classes=None, trunk=None, teacher=None, **kwargs):
         if teacher is None:

@@ -137,7 +137,6 @@ def general_weights(probabilities, onehot, ridge=1e-6):
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class KDCL(OnlineDistiller):
     method_name = "kdcl"
-    independent_only = True
 
     def __init__(self, branches, num_classes=None, trunk=None, teacher=DEFAULTS.teacher, naive_per="example",
                  ce_weight=DEFAULTS.ce_weight, kd_weight=DEFAULTS.kd_weight, **kwargs):
@@ -197,3 +196,15 @@ class KDCL(OnlineDistiller):
     def get_config(self):
         return {**super().get_config(), "teacher": self.teacher, "naive_per": self.naive_per,
                 "ce_weight": self.ce_weight, "kd_weight": self.kd_weight}
+
+
+class GeneralWeights(keras.callbacks.Callback):
+    """Sets General's weights from held-out images at each epoch's start (the command line's
+    ``--kdcl_holdout``; from Python, pass it to ``fit`` with your own held-out images)."""
+
+    def __init__(self, images, labels):
+        super().__init__()
+        self.images, self.labels = images, labels
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.model.update_general_weights(self.images, self.labels)

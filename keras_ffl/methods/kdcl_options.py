@@ -39,5 +39,12 @@ class KDCLOptions(MethodOptions):
     def data_needs(self, run):
         return dict(views=run.num_branches, holdout=self.holdout)
 
+    def callbacks(self, run, data):
+        if data.holdout is None:
+            return []
+        from keras_ffl.methods.kdcl import GeneralWeights
+
+        return [GeneralWeights(*data.holdout)]
+
     def model_arguments(self, run, context):
         return dict(teacher=self.teacher, ce_weight=self.ce_weight, kd_weight=self.kd_weight)

@@ -83,7 +83,6 @@ def memory_update(memory, indices, embeddings, momentum):
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class MCLOKD(OnlineDistiller):
     method_name = "mcl_okd"
-    needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, memory_size=None, embed_dim=DEFAULTS.embed_dim,
                  nce_k=DEFAULTS.nce_k, nce_t=DEFAULTS.nce_t, nce_m=DEFAULTS.nce_m, ce_weight=DEFAULTS.ce_weight,

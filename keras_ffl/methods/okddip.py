@@ -65,14 +65,15 @@ class PeerAttention(layers.Layer):
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class OKDDip(OnlineDistiller):
     method_name = "okddip"
-    needs_trunk = True
+
+    @property
+    def min_branches(self):
+        return OKDDipOptions(leader=self.leader).min_branches()
 
     def __init__(self, branches, num_classes=None, trunk=None, leader=DEFAULTS.leader, **kwargs):
         self.leader = bool(leader)
         self.teacher_names = ("leader", "peer_ensemble") if self.leader else ("peer_ensemble",)
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)
-        if self.num_peers < 2:
-            raise ValueError(f"OKDDip needs at least 2 attention peers, got {self.num_peers}")
         features = self.branches[0].outputs[1].shape[-1]
         kernel, _ = linear_like(self.branches[0], features, use_bias=False)
         self.attention = PeerAttention(features, kernel_initializer=kernel, name="attention")

@@ -21,7 +21,6 @@ from keras_ffl.methods.base import OnlineDistiller
 class ONE(OnlineDistiller):
     method_name = "one"
     teacher_names = ("teacher",)
-    needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, sync_bn=False, **kwargs):
         super().__init__(branches, num_classes, trunk=trunk, **kwargs)

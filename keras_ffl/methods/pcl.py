@@ -38,7 +38,6 @@ from keras_ffl import engines
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class PCL(OnlineDistiller):
     method_name = "pcl"
-    needs_trunk = True
 
     def __init__(self, branches, num_classes=None, trunk=None, ema_decay=PCLOptions().ema_decay, **kwargs):
         self.teacher_names = ("peer_ensemble", *[f"ema{k}" for k in range(len(branches))])

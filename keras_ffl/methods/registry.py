@@ -4,8 +4,9 @@
 Keras-free: the command line validates against it before importing TensorFlow or JAX.
 """
 
-import difflib
 import importlib
+
+from keras_ffl.errors import suggestion
 
 #: In the order ``--help``, ``bench --suite`` and ``reproduce`` show them.
 NAMES = ("ffl", "dml", "one", "afd", "ffcl", "vanilla", "kd", "cl_ilr", "okddip", "kdcl", "mcl_okd", "pcl")
@@ -42,12 +43,6 @@ def get(name):
     if declaration is None:
         raise ConfigError(f"unknown --method '{name}'{suggestion(name, NAMES)}: choose from {', '.join(NAMES)}")
     return declaration
-
-
-def suggestion(value, choices):
-    """``" (did you mean 'ffl'?)"`` for the nearest choice, or ""."""
-    close = difflib.get_close_matches(str(value).lower(), [str(c) for c in choices], n=1, cutoff=0.5)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def model_class(name):

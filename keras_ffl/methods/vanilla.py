@@ -10,7 +10,6 @@ from keras_ffl.methods.base import OnlineDistiller
 @keras.saving.register_keras_serializable(package="keras_ffl")
 class Vanilla(OnlineDistiller):
     method_name = "vanilla"
-    min_branches = 1
 
     def loss_term_names(self):
         return [f"ce_net{k}" for k in range(len(self.branches))]

@@ -12,8 +12,7 @@ import pytest
 from keras import ops
 
 import numpy_reference as ref
-from helpers import random_batch, tiny_config
-from keras_ffl.build import build_model, compile_model
+from helpers import compiled_model_for, means, model_for, random_batch, tiny_config
 
 GOLDEN = json.load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures",
                                      "golden_losses.json")))["ffl"]
@@ -21,15 +20,6 @@ GOLDEN = json.load(open(os.path.join(os.path.dirname(os.path.dirname(__file__)),
 
 def test_the_backend_is_jax():
     assert keras.backend.backend() == "jax"
-
-
-def model_for(config, classes=10):
-    keras.utils.set_random_seed(0)
-    return build_model(config, classes, (32, 32, 3))
-
-
-def means(terms):
-    return {n: float(np.mean(np.asarray(v))) for n, v in terms.items()}
 
 
 def tensors(logits):
@@ -81,10 +71,7 @@ def test_dml_one_afd_ffcl_terms_equal_numpy(case):
 
 
 def afd_model(**overrides):
-    config = tiny_config(method="afd", **overrides)
-    model = model_for(config)
-    compile_model(model, config, 4)
-    return model
+    return compiled_model_for(tiny_config(method="afd", **overrides))
 
 
 def test_afd_optimisers_each_update_only_their_variables():
