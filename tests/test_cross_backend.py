@@ -63,12 +63,17 @@ CASES = {
 DEFECTS = {"pcl": ("jax", "frozen_mean"), "kdcl-linear": ("torch", "attached_teacher")}
 
 #: Two float64 computations of the same steps may differ by this much, relative to the
-#: array's size.  Measured after three steps: JAX and PyTorch agree with each other to the
-#: figure the test prints (float64 rounding), and both differ from TensorFlow by at most
-#: 1.0e-7 (PCL; 4.6e-8 to 8.1e-8 for the rest), the same on every method and largest in
-#: momentum buffers, as if one constant of TensorFlow's step were rounded to float32; a
-#: planted defect moves the state by 1e-3 and more.  10x over the measured, 10^3 below a defect.
-FLOAT64_AGREEMENT = 1e-6
+#: array's size.  Measured after three steps: 5.5e-15 to 3.9e-14 between any two backends
+#: (ONE's gate, PyTorch against JAX: 4.9e-13); a planted defect moves the state by 1e-1 and
+#: more.  200x over the measured, 10^9 below a defect.
+FLOAT64_AGREEMENT = 1e-10
+#: Keras's TensorFlow backend casts a Python float to float64 through float32
+#: (``ops.cast(0.9, "float64")`` is 0.8999999762 there, 0.9 on JAX and PyTorch), so an
+#: optimiser's constants differ in the last float32 digit on TensorFlow alone.  The SGD steps
+#: here use momentum 0.875, exact in float32; AFD's Adam keeps the paper's beta_1 = 0.9,
+#: beta_2 = 0.999 and epsilon = 1e-7, which leaves TensorFlow 2.0e-7 from the other two
+#: (measured; with momentum 0.9 every method sat at 4.6e-8 to 1.0e-7).
+ROUNDED_CONSTANTS_ON_TENSORFLOW = {"afd": 1e-6}
 
 
 def backend_env(backend):
@@ -105,7 +110,7 @@ def fits(tmp_path_factory):
     labels = rng.integers(0, 10, STEPS * BATCH).astype("int64")
     cases, defects = [], {}
     for name, overrides in CASES.items():
-        overrides = dict(lr=0.1, momentum=0.9, rampup_epochs=80, **overrides)
+        overrides = dict(lr=0.1, momentum=0.875, rampup_epochs=80, **overrides)  # exact in float32: see above
         if overrides["method"] == "kd":
             overrides["teacher_dir"] = teacher.model_dir
         keras.utils.set_random_seed(0)
@@ -144,7 +149,8 @@ def test_every_variable_after_every_step_agrees_with_tensorflow(fits, case, back
     assert {k.split(" ")[0] for k in reference} - {"meta"} == {f"step{i}" for i in range(STEPS)}
     worst = disagreements(recorded[case][backend], reference, temperature_of(CASES[case]))
     print(f"{case} {backend} vs tensorflow: largest relative difference {worst[0][0]:.2e} ({worst[0][1]})")
-    assert worst[0][0] <= FLOAT64_AGREEMENT, f"{case} on {backend}: {worst[:5]}"
+    bound = ROUNDED_CONSTANTS_ON_TENSORFLOW.get(CASES[case]["method"], FLOAT64_AGREEMENT)
+    assert worst[0][0] <= bound, f"{case} on {backend}: {worst[:5]}"
 
 
 @pytest.mark.parametrize("case", list(CASES))

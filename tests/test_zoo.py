@@ -6,6 +6,7 @@ import functools
 import json
 import http.server
 import os
+import signal
 import threading
 
 import numpy as np
@@ -240,6 +241,13 @@ def test_a_cache_dir_or_export_folder_that_cannot_be_written_is_one_line_and_not
         check_request("", config.model_dir, ["onnx"], str(read_only / "export"), False)
 
 
+def interruptible():
+    """Gives a child Ctrl-C's default action, as a terminal's foreground job has: a suite started
+    in the background of a non-interactive shell inherits SIGINT ignored (POSIX), and Python
+    then leaves it ignored in every process it starts."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class EndlessHandler(http.server.BaseHTTPRequestHandler):
     """A mirror that answers with no Content-Length and sends far past every size the tests
     allow, at about 6 MB/s: a signal sent once the first bytes are on disk always lands
@@ -311,7 +319,7 @@ def test_downloads_have_timeouts_a_size_cap_and_leave_no_partial_file_on_sigterm
                                   f"--manifest={tmp_path / 'endless.json'}", f"--cache_dir={cache}",
                                   f"--base_url=http://127.0.0.1:{endless.server_address[1]}/"],
                                  env=dict(os.environ, PYTHONPATH=REPO, PYTHONFAULTHANDLER="1"), stderr=subprocess.PIPE,
-                                 text=True)
+                                 text=True, preexec_fn=interruptible)
         deadline = time.time() + 120
         while not [f for f in cached_files(cache) if os.path.getsize(cache / f) > 0]:
             assert child.poll() is None and time.time() < deadline, child.stderr.read()[-2000:]
