@@ -26,7 +26,7 @@ USAGE = """usage: python -m keras_ffl.train --flagfile=SETTING [--flag=value ...
 
 Start from one of these:
   python -m keras_ffl.train --flagfile=quickstart_fashion_mnist
-      FFL, two ResNet-8 on 10,000 Fashion-MNIST images: about 3 minutes on 2 CPU cores
+      FFL, two ResNet-8 on 10,000 Fashion-MNIST images: 1-2.5 minutes on 2 CPU cores
   python -m keras_ffl.train --flagfile=res32_cifar100
       a paper's setting by its zoo name (the .flags files in zoo/; a path works too)
   python -m keras_ffl.train --flagfile=quickstart_fashion_mnist --dataset=folder --data_dir=DIR

@@ -63,9 +63,9 @@ CASES = {
 DEFECTS = {"pcl": ("jax", "frozen_mean"), "kdcl-linear": ("torch", "attached_teacher")}
 
 #: Two float64 computations of the same steps may differ by this much, relative to the
-#: array's size.  Measured after three steps: 5.5e-15 to 3.9e-14 between any two backends
-#: (ONE's gate, PyTorch against JAX: 4.9e-13); a planted defect moves the state by 1e-1 and
-#: more.  200x over the measured, 10^9 below a defect.
+#: array's size.  Measured after three steps: 5.3e-15 to 3.9e-14 between any two backends
+#: (ONE's gate: 1.8e-12); a planted defect moves the state by 1e-1 and more.  50x over the
+#: measured, 10^9 below a defect.
 FLOAT64_AGREEMENT = 1e-10
 #: Keras's TensorFlow backend casts a Python float to float64 through float32
 #: (``ops.cast(0.9, "float64")`` is 0.8999999762 there, 0.9 on JAX and PyTorch), so an
