@@ -69,7 +69,10 @@ def applications(phase, gradients):
 
 
 class PlanStep:
-    """What one backend does inside ``run_plan``."""
+    """What one backend does inside ``run_plan``, for one batch of ``inputs`` and ``labels``."""
+
+    def __init__(self, model, inputs, labels):
+        self.model, self.inputs, self.labels = model, inputs, labels
 
     def gradients(self, pairs):
         """Runs the forward pass once and returns ``(grads, outputs, terms)``: for each

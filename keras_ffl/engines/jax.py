@@ -79,7 +79,7 @@ class StatelessStep(PlanStep):
     writes these lists, never a variable."""
 
     def __init__(self, model, inputs, labels, trainable, non_trainable, optimizer_values):
-        self.model, self.inputs, self.labels = model, inputs, labels
+        super().__init__(model, inputs, labels)
         self.trainable, self.non_trainable, self.optimizer_values = trainable, non_trainable, optimizer_values
         self.t_vars, self.nt_vars = model.trainable_variables, model.non_trainable_variables
         self.o_vars = model.optimizer.variables

@@ -21,7 +21,7 @@ def in_multi_worker_mode():
 
 class TapeStep(PlanStep):
     def __init__(self, model, inputs, labels):
-        self.model, self.inputs, self.labels = model, inputs, labels
+        super().__init__(model, inputs, labels)
         self.decay_scale = 1.0 / tf.distribute.get_strategy().num_replicas_in_sync
 
     def gradients(self, pairs):

@@ -18,9 +18,6 @@ all_gather, global_mean, cross_replica = (single_program.all_gather, single_prog
 
 
 class AutogradStep(PlanStep):
-    def __init__(self, model, inputs, labels):
-        self.model, self.inputs, self.labels = model, inputs, labels
-
     def gradients(self, pairs):
         model = self.model
         outputs = model.forward(self.inputs, training=True)
