@@ -61,6 +61,15 @@ def define_flags(flag_values):
                       "the PyTorch step of the same networks and loss (keras_ffl.torch_reference: the authors' code; "
                       "channels_last, bfloat16 autocast under --mixed_precision=mixed_bfloat16) and print the ratios.",
                       flag_values=flag_values)
+    flags.DEFINE_integer("project_epochs", 0, "Also print how long a run of this many epochs of --project_examples "
+                         "images would take at the measured fit speed (300 and 50000: the papers' CIFAR-100 runs).",
+                         lower_bound=0, flag_values=flag_values)
+    flags.DEFINE_integer("project_examples", 50000, "Training images per epoch of the projected run.", lower_bound=1,
+                         flag_values=flag_values)
+    flags.DEFINE_bool("convolutions", False, "Instead: time one 3x3 convolution's forward and backward pass at each "
+                      "ResNet-32 stage's shape (--batch_size images) in TensorFlow (a tf.function) and in JAX (jax.jit) "
+                      "in alternating rounds of one process, and print the ratio: where Keras on JAX loses on a CPU.",
+                      flag_values=flag_values)
     flags.DEFINE_string("output", "", "Also write the JSON lines to this file.", flag_values=flag_values)
     flags.DEFINE_string("child", "", "(internal) one configuration as JSON, measured in this process.",
                         flag_values=flag_values)
@@ -196,7 +205,8 @@ def torch_timer(config, data):
                                                bfloat16=config.mixed_precision == "mixed_bfloat16")
     if step is None:
         return None, f"no PyTorch reference of --method={config.method} on {'+'.join(config.branch_backbones)}"
-    setup = "channels_last" + (", bfloat16 autocast" if step.bfloat16 else "") + f", {torch.get_num_threads()} threads"
+    setup = "channels_last" + (", bfloat16 autocast" if step.bfloat16 else "")
+    setup += f", on {torch.cuda.get_device_name()}" if step.device == "cuda" else f", {torch.get_num_threads()} threads"
     return step, setup
 
 
@@ -271,6 +281,16 @@ def measure(config, epochs, reference=True, compare=""):
     return result
 
 
+def projection(result, epochs, examples):
+    """Hours a run of ``epochs`` epochs of ``examples`` images takes at the measured fit (and
+    PyTorch step) speed; evaluation passes excluded."""
+    images = epochs * examples
+    out = {"projected_epochs": epochs, "projected_hours": round(images / result["images_per_sec"] / 3600, 2)}
+    if "torch_images_per_sec" in result:
+        out["torch_projected_hours"] = round(images / result["torch_images_per_sec"] / 3600, 2)
+    return out
+
+
 def run_child(config, epochs, reference, compare=""):
     """Measures one configuration in a fresh interpreter; returns its result dict."""
     payload = json.dumps({"config": config.to_dict(), "epochs": epochs, "reference": reference, "compare": compare})
@@ -291,7 +311,8 @@ def format_table(results):
                ("fit_vs_raw", "fit/raw"), ("ce_only_images_per_sec", "CE-only img/s"),
                ("overhead_vs_ce", "overhead vs CE"), ("pipeline_vs_step", "pipeline/step"),
                ("torch_images_per_sec", "PyTorch img/s"), ("fit_vs_torch", "fit/PyTorch"),
-               ("raw_vs_torch", "raw/PyTorch"), ("peak_rss_mb", "peak RSS MB")]
+               ("raw_vs_torch", "raw/PyTorch"), ("projected_hours", "projected h"),
+               ("torch_projected_hours", "PyTorch projected h"), ("peak_rss_mb", "peak RSS MB")]
     columns = [(k, h) for k, h in columns if any(k in r for r in results)]
     lines = ["| " + " | ".join(h for _, h in columns) + " |", "|" + "---|" * len(columns)]
     for r in results:
@@ -305,7 +326,59 @@ def format_table(results):
     device = results[0]["device"] if results else ""
     notes = sorted({r["torch_setup"] for r in results if r.get("torch_setup")})
     compared = f"\nPyTorch step: {'; '.join(notes)}" if notes else ""
-    return "\n".join(lines) + f"\n\ndevice: {device}{compared}"
+    projected = next((f"\nprojected: {r['projected_epochs']} epochs at the fit speed above" for r in results
+                      if "projected_epochs" in r), "")
+    return "\n".join(lines) + f"\n\ndevice: {device}{compared}{projected}"
+
+
+#: (height, width, channels) of a ResNet-32 stage's 3x3 convolutions on 32x32 images.
+RESNET32_CONVOLUTIONS = ((32, 32, 16), (16, 16, 32), (8, 8, 64))
+
+
+def time_convolutions(batch_size, rounds, repeats=5):
+    """``[{shape, tensorflow_ms, jax_ms, jax_vs_tensorflow}]``: one 3x3 convolution (SAME, NHWC),
+    ReLU and a squared sum, differentiated with respect to input and kernel, per stage shape;
+    the median over ``rounds`` alternating rounds (the first warm-up) of ``repeats`` calls."""
+    import jax
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+
+    def jax_loss(x, kernel):
+        y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jax.numpy.sum(jax.numpy.maximum(y, 0.0) ** 2)
+
+    jax_step = jax.jit(jax.grad(jax_loss, argnums=(0, 1)))
+
+    @tf.function
+    def tensorflow_step(x, kernel):
+        with tf.GradientTape() as tape:
+            tape.watch([x, kernel])
+            loss = tf.reduce_sum(tf.nn.relu(tf.nn.conv2d(x, kernel, 1, "SAME")) ** 2)
+        return tape.gradient(loss, [x, kernel])
+
+    def milliseconds(step, args, wait):
+        start = time.perf_counter()
+        for _ in range(repeats):
+            out = step(*args)
+        wait(out)
+        return 1000 * (time.perf_counter() - start) / repeats
+
+    results = []
+    for height, width, channels in RESNET32_CONVOLUTIONS:
+        x = rng.normal(size=(batch_size, height, width, channels)).astype("float32")
+        kernel = rng.normal(size=(3, 3, channels, channels)).astype("float32")
+        tf_args, jax_args = (tf.constant(x), tf.constant(kernel)), (jax.numpy.asarray(x), jax.numpy.asarray(kernel))
+        tf_times, jax_times = [], []
+        for _ in range(rounds):
+            tf_times.append(milliseconds(tensorflow_step, tf_args, lambda out: [o.numpy() for o in out]))
+            jax_times.append(milliseconds(jax_step, jax_args, jax.block_until_ready))
+        tf_ms, jax_ms = median(tf_times[1:]), median(jax_times[1:])
+        results.append({"convolution": f"{batch_size}x{height}x{width}x{channels} -> {channels}, 3x3",
+                        "tensorflow_ms": round(tf_ms, 3), "jax_ms": round(jax_ms, 3),
+                        "jax_vs_tensorflow": round(tf_ms / jax_ms, 3), "device": f"CPU ({os.cpu_count()} cores)"})
+    return results
 
 
 def main(argv=None):
@@ -324,6 +397,20 @@ def main(argv=None):
             return 0
         if fv.batch_size <= 0 or fv.steps <= 0 or fv.epochs < 2:
             raise ConfigError("--batch_size and --steps must be positive and --epochs >= 2 (one is warm-up)")
+        if fv.convolutions:
+            from keras_ffl.backend import installed, quiet_tensorflow
+
+            missing = [name for name in ("tensorflow", "jax") if not installed(name)]
+            if missing:
+                raise ConfigError(f"--convolutions compares TensorFlow with JAX: {' and '.join(missing)} not installed")
+            quiet_tensorflow()
+            results = time_convolutions(fv.batch_size, fv.epochs)
+            for result in results:
+                print(json.dumps(result), flush=True)
+            print("\n| convolution (forward + backward) | TensorFlow ms | JAX ms | JAX speed / TensorFlow's |\n|---|---:|---:|---:|")
+            for r in results:
+                print(f"| {r['convolution']} | {r['tensorflow_ms']} | {r['jax_ms']} | {r['jax_vs_tensorflow']} |")
+            return 0
         from keras_ffl.backend import resolve
 
         backends = [resolve(b) for b in fv.backend] if fv.backend else [resolve()]
@@ -336,6 +423,8 @@ def main(argv=None):
         results = []
         for config in configs:
             result = run_child(config, fv.epochs, fv.reference, fv.compare)
+            if fv.project_epochs:
+                result.update(projection(result, fv.project_epochs, fv.project_examples))
             print(json.dumps(result), flush=True)
             results.append(result)
             if fv.output:

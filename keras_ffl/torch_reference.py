@@ -382,17 +382,19 @@ def dml_loss(logits, labels, t):
 class TrainStep:
     """One PyTorch training step (forward, loss, backward, SGD update) of ``model`` on one
     resident batch, channels_last, in bfloat16 autocast if asked: what the PyTorch code of a
-    paper runs per step, for ``bench --compare=torch``."""
+    paper runs per step, for ``bench --compare=torch``.  On the GPU when PyTorch sees one (the
+    optimiser's state is created lazily, so moving the model first keeps it there)."""
 
     def __init__(self, model, loss, optimizer, images_nhwc, labels, bfloat16=False):
-        self.model = model.to(memory_format=torch.channels_last).train()
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = model.to(self.device, memory_format=torch.channels_last).train()
         self.loss, self.optimizer, self.bfloat16 = loss, optimizer, bfloat16
-        self.images = nchw(images_nhwc).float().contiguous(memory_format=torch.channels_last)
-        self.labels = torch.from_numpy(np.asarray(labels)).long()
+        self.images = nchw(images_nhwc).float().to(self.device).contiguous(memory_format=torch.channels_last)
+        self.labels = torch.from_numpy(np.asarray(labels)).long().to(self.device)
 
     def __call__(self):
         self.optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bfloat16):
+        with torch.autocast(self.device, dtype=torch.bfloat16, enabled=self.bfloat16):
             loss = self.loss(self.model(self.images), self.labels)
         loss.backward()
         self.optimizer.step()
