@@ -62,6 +62,16 @@ def all_layers(model):
     return list(model._flatten_layers())
 
 
+def tracing_for_xla():
+    """Whether TensorFlow is tracing a function XLA will compile (a ``tf.function`` with
+    ``jit_compile=True``, or one called inside it).  TensorFlow has no public way to ask; its
+    own control-flow code asks ``GraphOrParentsInXlaContext``."""
+    from tensorflow.python.framework import ops
+    from tensorflow.python.ops import control_flow_util
+
+    return control_flow_util.GraphOrParentsInXlaContext(ops.get_default_graph())
+
+
 class SkipsBuiltSymbolicBuild:
     """Mixin for a ``keras.Model`` built and compiled before ``fit``.
 
@@ -78,4 +88,5 @@ class SkipsBuiltSymbolicBuild:
 
 
 __all__ = ["iterations_variable", "built_variables", "own_optimizer_variables", "knows_variable",
-           "in_multi_worker_mode", "set_initial_epoch", "backup_epoch", "all_layers", "SkipsBuiltSymbolicBuild"]
+           "in_multi_worker_mode", "set_initial_epoch", "backup_epoch", "all_layers", "tracing_for_xla",
+           "SkipsBuiltSymbolicBuild"]

@@ -105,7 +105,8 @@ def test_inference_uses_the_moving_statistics():
     for layer in (stock_layer(), fused_layer()):
         layer.build(x.shape)
         layer.set_weights(weights)
-        np.testing.assert_allclose(np.asarray(layer(x, training=False)), exact, rtol=0, atol=4e-6)
+        # A few float32 ulps of outputs up to about 5 (rsqrt and fused multiply-adds differ by CPU).
+        np.testing.assert_allclose(np.asarray(layer(x, training=False)), exact, rtol=2e-6, atol=2e-6)
         np.testing.assert_array_equal(np.asarray(layer.moving_variance), variance.astype("float32"))
 
 
@@ -139,6 +140,25 @@ def test_a_training_step_runs_the_fused_kernel():
     graph = step.get_concrete_function(tf.TensorSpec((2, 6, 6, 3))).graph
     ops = {op.type for op in graph.get_operations()}
     assert "FusedBatchNormV3" in ops and "FusedBatchNormGradV3" in ops, sorted(ops)
+
+
+def test_under_xla_the_variance_stays_two_pass():
+    """XLA's own BatchNorm takes E[x^2] - E[x]^2: with a channel of mean 300 and spread 1 the
+    fused op under ``jit_compile`` moved the moving variance by 2.5e-3 of its size (this test
+    fails so); the layer takes Keras's ops there."""
+    rng = np.random.default_rng(7)
+    x = (rng.normal(size=SHAPE) + 300.0 * (np.arange(SHAPE[-1]) == 0)).astype("float32")
+    weights = [np.ones(SHAPE[-1]), np.zeros(SHAPE[-1]), np.zeros(SHAPE[-1]), np.ones(SHAPE[-1])]
+    exact = numpy_reference(x.astype("float64"), weights, np.ones(SHAPE))
+    layer = fused_layer()
+    layer.build(x.shape)
+    layer.set_weights(weights)
+    step = tf.function(lambda inputs: layer(inputs, training=True), jit_compile=True)
+    assert "FusedBatchNormV3" not in {op.type for op in step.get_concrete_function(tf.TensorSpec(SHAPE)).graph
+                                      .get_operations()}
+    outputs = step(tf.constant(x))
+    np.testing.assert_allclose(np.asarray(layer.moving_variance), exact["moving_variance"], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(outputs), exact["outputs"], rtol=0, atol=1e-3)
 
 
 @pytest.mark.parametrize("case", ["synchronized", "float64", "channels_first", "rank2"])

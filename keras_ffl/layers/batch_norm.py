@@ -8,7 +8,11 @@ inference, ``gamma * (x - mean) / sqrt(var + eps) + beta``. The layer is Keras's
 ``BatchNormalization`` everywhere else: the same variables, the same moving-average update
 (with Keras's biased batch variance), the same ``.keras`` config plus nothing, and the stock
 code path on JAX and PyTorch, for float64 (the kernel has no float64), for synchronised
-statistics across replicas, masks, renorm and any layout but channels-last 4-D.
+statistics across replicas, masks, renorm, any layout but channels-last 4-D, and under XLA
+(``jit_compile``): XLA lowers the fused op to its BatchNormTraining, which takes the variance
+as E[x^2] - E[x]^2 in float32 and loses it where a channel's mean is large against its spread
+(a channel of mean 300 and spread 1 came out with spread 0.9907, its moving variance off by
+2.5e-3 of its size), where Keras's ops keep the two-pass variance.
 """
 
 import keras
@@ -20,7 +24,11 @@ def _fused_kernel_applies(layer, inputs, mask):
         return False
     if len(inputs.shape) != 4 or layer.axis not in (-1, 3) or not (layer.scale and layer.center):
         return False
-    return keras.backend.standardize_dtype(inputs.dtype) in ("float32", "float16", "bfloat16")
+    if keras.backend.standardize_dtype(inputs.dtype) not in ("float32", "float16", "bfloat16"):
+        return False
+    from keras_ffl.keras_private import tracing_for_xla
+
+    return not tracing_for_xla()
 
 
 @keras.saving.register_keras_serializable(package="keras_ffl")
@@ -50,7 +58,7 @@ class BatchNormalization(layers.BatchNormalization):
                 data_format="NHWC", is_training=True)
             # The kernel returns the variance with Bessel's correction (for cuDNN's running
             # average); Keras's moving average takes the biased one.
-            count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
+            count = tf.reduce_prod(tf.cast(tf.shape(inputs)[:-1], "float32"))
             variance = unbiased_variance * ((count - 1.0) / tf.maximum(count, 1.0))
             moving_mean = tf.cast(self.moving_mean, "float32")
             moving_variance = tf.cast(self.moving_variance, "float32")
